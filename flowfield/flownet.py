@@ -1,0 +1,190 @@
+"""FlowNet: the velocity field v(x_t, t, c, l) over the policy's latent space (RLFR.md s3).
+
+One network is shared by all hooked layers. The conditioning vector is
+
+    y = Linear(c) + MLP(sin(t)) + MLP(sin(layer_fraction))
+
+where c is the latent of the neighbouring token in the same layer. The trunk is N residual
+blocks of RMSNorm -> adaLN shift/scale -> Linear-SiLU-Linear -> gated residual, then a final
+RMSNorm + adaLN + Linear(W -> d). adaLN and output layers start at zero, so an untrained
+field is exactly v = 0. The network knows nothing of the objective or of rewards.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+CONTEXT_DIRECTIONS = ("next", "prev", "none")
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    hidden_size: int  # d, the policy's hidden size
+    width: int  # W; RLFR uses W = d
+    depth: int = 4  # N residual blocks (4 for ~1.5-3B policies, 6 for 7-8B)
+    layer_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
+    context: str = "next"  # which neighbour's latent conditions the field
+    freq_dim: int = 256  # sinusoidal embedding size for t and the layer fraction
+
+    def __post_init__(self) -> None:
+        if self.context not in CONTEXT_DIRECTIONS:
+            raise ValueError(f"context must be one of {CONTEXT_DIRECTIONS}, got {self.context!r}")
+        if self.hidden_size <= 0 or self.width <= 0 or self.depth <= 0:
+            raise ValueError("hidden_size, width and depth must be positive")
+        object.__setattr__(self, "layer_fractions", tuple(float(p) for p in self.layer_fractions))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layer_fractions"] = list(self.layer_fractions)
+        return d
+
+
+def sinusoidal(x: torch.Tensor, dim: int, scale: float = 1000.0) -> torch.Tensor:
+    """[N] values in [0, 1] -> [N, dim] sin/cos features (DiT-style, scaled to 0..1000)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=x.device) / half)
+    args = scale * x.float()[:, None] * freqs[None, :]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class ScalarEmbedding(nn.Module):
+    """MLP(sinusoidal(s)) for a scalar s in [0, 1] (the time or the layer fraction)."""
+
+    def __init__(self, width: int, freq_dim: int) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, s: torch.Tensor) -> torch.Tensor:
+        return self.mlp(sinusoidal(s, self.freq_dim).to(self.mlp[0].weight.dtype))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(width, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))  # shift, scale, gate
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(y).chunk(3, dim=-1)
+        return h + gate * self.mlp(modulate(self.norm(h), shift, scale))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, h: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(y).chunk(2, dim=-1)
+        return self.out(modulate(self.norm(h), shift, scale))
+
+
+class FlowNet(nn.Module):
+    def __init__(self, config: FlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, w = config.hidden_size, config.width
+        self.x_in = nn.Linear(d, w)
+        self.c_in = nn.Linear(d, w)
+        self.t_embed = ScalarEmbedding(w, config.freq_dim)
+        self.l_embed = ScalarEmbedding(w, config.freq_dim)
+        self.blocks = nn.ModuleList(ResidualBlock(w) for _ in range(config.depth))
+        self.final = FinalLayer(w, d)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for emb in (self.t_embed, self.l_embed):
+            nn.init.normal_(emb.mlp[0].weight, std=0.02)
+            nn.init.normal_(emb.mlp[2].weight, std=0.02)
+        # adaLN-zero: every block starts as the identity and the output as v = 0
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[1].weight)
+            nn.init.zeros_(block.ada[1].bias)
+        nn.init.zeros_(self.final.ada[1].weight)
+        nn.init.zeros_(self.final.ada[1].bias)
+        nn.init.zeros_(self.final.out.weight)
+        nn.init.zeros_(self.final.out.bias)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, c: torch.Tensor, layer_fraction: torch.Tensor
+    ) -> torch.Tensor:
+        """x, c: [N, d]; t, layer_fraction: [N] -> velocity [N, d]."""
+        y = self.c_in(c) + self.t_embed(t) + self.l_embed(layer_fraction)  # [N, W]
+        h = self.x_in(x)  # [N, W]
+        for block in self.blocks:
+            h = block(h, y)
+        return self.final(h, y)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+@dataclass
+class FlowMetadata:
+    """Everything needed to check that a flow fits the encoder it is used with."""
+
+    config: FlowConfig
+    encoder: dict  # EncoderIdentity fields: name, revision, model_type, hidden_size, ...
+    version: int = 0
+    samples_trained: int = 0
+    tokens_trained: int = 0
+    created_at: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "encoder": dict(self.encoder),
+            "version": self.version,
+            "samples_trained": self.samples_trained,
+            "tokens_trained": self.tokens_trained,
+            "created_at": self.created_at,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FlowMetadata:
+        cfg = dict(d["config"])
+        cfg["layer_fractions"] = tuple(cfg["layer_fractions"])
+        return cls(
+            config=FlowConfig(**cfg),
+            encoder=dict(d["encoder"]),
+            version=int(d.get("version", 0)),
+            samples_trained=int(d.get("samples_trained", 0)),
+            tokens_trained=int(d.get("tokens_trained", 0)),
+            created_at=float(d.get("created_at", 0.0)),
+            extra=dict(d.get("extra", {})),
+        )
+
+
+def flow_for_encoder(
+    encoder_hidden_size: int,
+    layer_fractions: tuple[float, ...],
+    width: int | None = None,
+    depth: int = 4,
+    context: str = "next",
+) -> FlowConfig:
+    """The RLFR default shape for an encoder: W = d unless a width is given."""
+    return FlowConfig(
+        hidden_size=encoder_hidden_size,
+        width=width or encoder_hidden_size,
+        depth=depth,
+        layer_fractions=tuple(layer_fractions),
+        context=context,
+    )

@@ -1,0 +1,167 @@
+"""Flow-matching loss and per-token deviation (RLFR.md s4, s5.1).
+
+The objective knows the path and takes any velocity network with the FlowNet signature;
+it knows nothing of HTTP, tokenisers or reward shaping.
+
+Layout convention: latents come as [L, N, d] (hooked layer, packed token, hidden dim).
+Everything that is evaluated for several (timestep, noise draw, layer) combinations is
+flattened into one batch of rows so the network runs once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from flowfield.path import interpolate, score_weight, target_velocity
+
+
+def flow_matching_loss(
+    net: nn.Module,
+    x1: torch.Tensor,
+    ctx: torch.Tensor,
+    layer_fractions: torch.Tensor,
+    t: torch.Tensor,
+    eps: torch.Tensor,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over rows and dims of ||v(x_t, t, c, l) - (x1 - eps)||^2.
+
+    x1, ctx, eps: [M, d]; layer_fractions, t: [M]; optional per-row weight [M] (e.g. the
+    soft weight of a not-quite-accepted sample). x1 and ctx are treated as data (detached).
+    """
+    x1 = x1.detach()
+    ctx = ctx.detach()
+    xt = interpolate(x1, eps, t)
+    v = net(xt, t, ctx, layer_fractions)
+    per_row = (v.float() - target_velocity(x1, eps).float()).pow(2).mean(dim=-1)  # [M]
+    if weight is None:
+        return per_row.mean()
+    return (per_row * weight).sum() / weight.sum().clamp_min(1e-12)
+
+
+def rows_for_training(
+    h: torch.Tensor,
+    ctx: torch.Tensor,
+    layer_fractions: Sequence[float],
+    replicas: int,
+    t_sampler,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flatten [L, N, d] latents into training rows, each token replicated with fresh (t, eps).
+
+    Returns x1, ctx, layer_fraction, t, eps with R * L * N rows.
+    """
+    L, N, d = h.shape
+    x1 = h.reshape(L * N, d).repeat(replicas, 1)
+    c = ctx.reshape(L * N, d).repeat(replicas, 1)
+    lf = torch.tensor(layer_fractions, dtype=torch.float32, device=h.device)
+    lf = lf[:, None].expand(L, N).reshape(-1).repeat(replicas)
+    m = x1.shape[0]
+    t = t_sampler(m, generator).to(h.device)
+    eps = torch.randn(m, d, generator=generator).to(device=h.device, dtype=h.dtype)
+    return x1, c, lf, t.to(torch.float32), eps
+
+
+class NoiseBank:
+    """Fixed, seeded noise eps[slot, layer, position] for deterministic rewards.
+
+    The authors redraw noise on every call, so the same rollout gets a different reward
+    each time. Here the noise for response position k, hooked layer l and draw slot j is a
+    pure function of (seed, j, l, k): the same request gives the same numbers, a sample's
+    numbers do not depend on its batch-mates, and tokens at the same position in different
+    samples share their noise (common random numbers, which makes in-group comparisons
+    less noisy). Generated in blocks of `block` positions and cached.
+    """
+
+    def __init__(self, dim: int, seed: int = 0, block: int = 256) -> None:
+        self.dim = dim
+        self.seed = seed
+        self.block = block
+        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._stacked: dict[tuple[int, int, int], torch.Tensor] = {}
+
+    def _block(self, slot: int, layer: int, index: int) -> torch.Tensor:
+        key = (slot, layer, index)
+        if key not in self._cache:
+            digest = hashlib.blake2b(
+                f"{self.seed}:{slot}:{layer}:{index}".encode(), digest_size=8
+            ).digest()
+            g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+            self._cache[key] = torch.randn(self.block, self.dim, generator=g)
+        return self._cache[key]
+
+    def take(self, slots: int, layers: int, max_len: int) -> torch.Tensor:
+        """Noise for positions 0..max_len-1: [slots, layers, >= max_len, d] (float32, CPU).
+
+        Whole blocks are returned (callers index the positions they need), so the stacked
+        tensor can be cached per (slots, layers, blocks).
+        """
+        nblocks = (max_len + self.block - 1) // self.block
+        key = (slots, layers, nblocks)
+        if key not in self._stacked:
+            self._stacked[key] = torch.stack(
+                [
+                    torch.stack(
+                        [
+                            torch.cat([self._block(j, layer, b) for b in range(nblocks)])
+                            for layer in range(layers)
+                        ]
+                    )
+                    for j in range(slots)
+                ]
+            )
+        return self._stacked[key]
+
+
+def token_deviations(
+    net: nn.Module,
+    h: torch.Tensor,
+    ctx: torch.Tensor,
+    positions: torch.Tensor,
+    layer_fractions: Sequence[float],
+    timesteps: Sequence[float],
+    noise: NoiseBank,
+    noise_draws: int = 1,
+    max_rows: int = 1 << 16,
+) -> torch.Tensor:
+    """Raw per-token deviation e for N packed tokens: [N] (float32).
+
+    e = mean over timesteps t, noise draws j and layers l of
+        t/(1-t) * (1/d) ||v(t h + (1-t) eps, t, c, l) - (h - eps)||^2
+    h, ctx: [L, N, d]; positions: [N] response index of each token (selects its noise).
+    All (t, draw, layer, token) rows go through the network in one batch (chunked at
+    max_rows rows only to bound memory).
+    """
+    L, N, d = h.shape
+    T, K = len(timesteps), noise_draws
+    if N == 0:
+        return torch.zeros(0)
+    device, dtype = h.device, h.dtype
+    max_len = int(positions.max().item()) + 1
+    # eps slot j*K..j*K+K-1 for timestep j: independent draws across timesteps and draws
+    bank = noise.take(T * K, L, max_len)  # [T*K, L, max_len, d]
+    eps = bank[:, :, positions.cpu()].to(device=device, dtype=dtype)  # [T*K, L, N, d]
+    eps = eps.reshape(T, K, L, N, d)
+    ts = torch.tensor(timesteps, dtype=torch.float32, device=device)
+    lf = torch.tensor(layer_fractions, dtype=torch.float32, device=device)
+
+    x1 = h[None, None].expand(T, K, L, N, d)
+    c = ctx[None, None].expand(T, K, L, N, d)
+    t_rows = ts[:, None, None, None].expand(T, K, L, N)
+    l_rows = lf[None, None, :, None].expand(T, K, L, N)
+
+    x1, c, eps = (a.reshape(-1, d) for a in (x1, c, eps))
+    t_rows, l_rows = t_rows.reshape(-1), l_rows.reshape(-1)
+    xt = interpolate(x1, eps, t_rows)
+    u = target_velocity(x1, eps)
+    err = torch.empty(x1.shape[0], dtype=torch.float32, device=device)
+    for s in range(0, x1.shape[0], max_rows):
+        e = slice(s, s + max_rows)
+        v = net(xt[e], t_rows[e], c[e], l_rows[e])
+        err[e] = (v.float() - u[e].float()).pow(2).mean(dim=-1)
+    err = err.reshape(T, K, L, N) * score_weight(ts)[:, None, None, None]
+    return err.mean(dim=(0, 1, 2))

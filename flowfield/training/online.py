@@ -1,0 +1,133 @@
+"""Online refinement of the flow from verifier-accepted rollouts (RLFR.md s6).
+
+The authors' released update runs the flow under no_grad (reentrant checkpointing), so the
+flow never moves during RL. Here refinement is its own pass: latents are computed in
+inference mode and detached, then a grad-enabled flow-matching step is taken on a training
+copy of the flow. Optimiser state (Adam betas 0.9/0.95, cosine from lr to min_lr over
+`horizon` steps) persists across calls and can be saved with the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+
+import torch
+
+from flowfield.encoder import LatentEncoder
+from flowfield.flownet import FlowMetadata, FlowNet
+from flowfield.objective import flow_matching_loss, rows_for_training
+from flowfield.path import logit_normal
+from flowfield.training.fit import cosine_with_warmup
+
+
+class OnlineRefiner:
+    def __init__(
+        self,
+        encoder: LatentEncoder,
+        flow: FlowNet,
+        meta: FlowMetadata,
+        lr: float = 1e-4,
+        min_lr: float = 1e-5,
+        betas: tuple[float, float] = (0.9, 0.95),
+        horizon: int = 1000,
+        timesteps: Sequence[float] | None = (0.8,),
+        replicas: int = 1,
+        grad_clip: float = 1.0,
+        seed: int = 0,
+    ) -> None:
+        """timesteps: the rewarding timesteps to train at (RLFR); None = logit-normal t."""
+        self.encoder = encoder
+        # a private training copy: the scorer's flow is only replaced by export()
+        self.flow = copy.deepcopy(flow).to(encoder.device).float().train()
+        self.meta = copy.deepcopy(meta)
+        self.timesteps = tuple(timesteps) if timesteps else None
+        self.replicas = replicas
+        self.grad_clip = grad_clip
+        self.seed = seed
+        self.steps = 0
+        self.opt = torch.optim.Adam(self.flow.parameters(), lr=lr, betas=betas)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: cosine_with_warmup(s, horizon, 0, min_ratio=min_lr / lr)
+        )
+
+    def _t_sampler(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        if self.timesteps is None:
+            return logit_normal(n, generator)
+        ts = torch.tensor(self.timesteps, dtype=torch.float32)
+        return ts[torch.randint(0, len(ts), (n,), generator=generator)]
+
+    def loss_on(
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        seed: int = 12345,
+    ) -> float:
+        """The flow-matching loss of the current training flow on these samples (no update)."""
+        h, ctx = self._latents(prompts, responses)
+        g = torch.Generator().manual_seed(seed)
+        rows = rows_for_training(h, ctx, self.encoder.layer_fractions, 4, self._t_sampler, g)
+        with torch.no_grad():
+            return flow_matching_loss(self.flow, *rows).item()
+
+    def _latents(self, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
+        enc = self.encoder.encode(prompts, responses)
+        return enc.h.clone().float(), enc.context(self.meta.config.context).clone().float()
+
+    def step(
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        weights: Sequence[float] | None = None,
+    ) -> float:
+        """One optimiser step on these accepted samples; returns the loss before the step.
+
+        weights: optional per-sample weight (1 for accepted; a soft weight for others).
+        """
+        h, ctx = self._latents(prompts, responses)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
+        x1, c, lf, t, eps = rows_for_training(
+            h, ctx, self.encoder.layer_fractions, self.replicas, self._t_sampler, g
+        )
+        w = None
+        if weights is not None:
+            per_token = torch.repeat_interleave(
+                torch.tensor(weights, dtype=torch.float32),
+                torch.tensor([len(r) for r in responses]),
+            )
+            L = h.shape[0]
+            w = per_token.repeat(L).repeat(self.replicas).to(h.device)
+        loss = flow_matching_loss(self.flow, x1, c, lf, t, eps, weight=w)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.steps += 1
+        self.meta.samples_trained += len(responses)
+        self.meta.tokens_trained += int(h.shape[1])
+        return loss.item()
+
+    def export(self) -> tuple[FlowNet, FlowMetadata]:
+        """A frozen copy of the refined flow with the next version number."""
+        self.meta.version += 1
+        self.meta.created_at = time.time()
+        self.meta.extra = {**self.meta.extra, "online_steps": self.steps}
+        net = copy.deepcopy(self.flow).eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        return net, copy.deepcopy(self.meta)
+
+    def state_dict(self) -> dict:
+        return {
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])

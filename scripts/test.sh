@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up (CPU build of PyTorch, the project and its dev tools) and run the whole test suite.
+# This is the README's test command and what CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python -m pip install -q torch==2.13.0 -e ".[dev]"
+python -m ruff check .
+python -m pytest -q "$@"

@@ -1,0 +1,1 @@
+"""flowfield's HTTP service: FastAPI app, scheduler, update queues, learner, metrics."""

@@ -1,0 +1,71 @@
+"""GET /v1/flow and POST /v1/policy: what the service scores with, and policy sync."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Depends
+
+from flowfield.checkpoint import FlowMismatchError
+from service.auth import require_score, require_update
+from service.errors import ApiError
+from service.schemas import ErrorResponse, FlowInfo, PolicyRequest, PolicyResponse
+from service.state import ServiceState, get_state
+
+router = APIRouter(tags=["flow"])
+
+
+@router.get("/v1/flow", response_model=FlowInfo, dependencies=[Depends(require_score)])
+async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
+    sc = state.scorer
+    meta = sc.meta
+    stats = state.learner.stats if state.learner is not None else {}
+    return FlowInfo(
+        flow_version=sc.version,
+        encoder=sc.encoder.identity.label(),
+        metadata={
+            **meta.config.to_dict(),
+            "encoder": meta.encoder,
+            "hooked_layers": list(sc.encoder.layers),
+            "created_at": meta.created_at,
+            "tokens_trained": meta.tokens_trained,
+        },
+        samples_trained=meta.samples_trained,
+        last_update=stats.get("last_update") or (meta.created_at or None),
+        pending=await state.queue.pending(),
+        queue_backend=state.queue_backend,
+    )
+
+
+@router.post(
+    "/v1/policy",
+    response_model=PolicyResponse,
+    dependencies=[Depends(require_update)],
+    responses={
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+    },
+)
+async def reload_policy(
+    req: PolicyRequest, state: ServiceState = Depends(get_state)
+) -> PolicyResponse:
+    """Reload the encoder from a local checkpoint directory (RLFR's latents are the policy's)."""
+    path = Path(req.path)
+    if not (path / "config.json").is_file():
+        raise ApiError(
+            422,
+            "invalid_path",
+            f"{req.path} is not a Hugging Face model directory (no config.json)",
+            "path",
+        )
+    try:
+        await state.reload_policy(path, req.revision, req.name)
+    except FlowMismatchError as e:
+        raise ApiError(422, "flow_mismatch", str(e), "path") from None
+    except (OSError, ValueError) as e:
+        raise ApiError(422, "invalid_model", f"cannot load {req.path}: {e}", "path") from None
+    sc = state.scorer
+    return PolicyResponse(
+        encoder=sc.encoder.identity.label(), flow_version=sc.version, layers=list(sc.encoder.layers)
+    )

@@ -1,0 +1,37 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.state import ServiceState, get_state
+
+router = APIRouter(tags=["ops"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """The process is alive."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
+    """Model loaded, and Redis reachable when configured."""
+    checks = {"model": bool(state.ready)}
+    if state.settings.redis_url and state.store is not None and state.store.redis is not None:
+        try:
+            checks["redis"] = bool(await state.store.redis.ping())
+        except Exception:
+            checks["redis"] = False
+    ok = all(checks.values())
+    return JSONResponse(
+        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
+    )
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

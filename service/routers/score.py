@@ -1,0 +1,126 @@
+"""POST /v1/score (and /score): dense per-token flow rewards."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from flowfield.rewards import RewardOptions
+from service import metrics
+from service.auth import require_score
+from service.errors import ApiError
+from service.samples import check_request_limits, resolve_ids, sample_problem
+from service.scheduler import Overloaded, ScoreJob
+from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse, ScoreResult
+from service.settings import Settings
+from service.state import ServiceState, get_settings_dep, get_state
+
+router = APIRouter(tags=["score"], dependencies=[Depends(require_score)])
+
+ERRORS = {
+    401: {"model": ErrorResponse},
+    403: {"model": ErrorResponse},
+    413: {"model": ErrorResponse},
+    422: {"model": ErrorResponse},
+    429: {"model": ErrorResponse},
+}
+
+
+def _reward_options(req: ScoreRequest, settings: Settings) -> RewardOptions:
+    o = req.options
+    return RewardOptions(
+        normalization=o.normalization or settings.normalization,
+        beta=float(o.beta if o.beta is not None else settings.beta),
+        threshold=float(o.threshold if o.threshold is not None else settings.threshold),
+        top_k=o.top_k if o.top_k is not None else settings.top_k,
+    )
+
+
+def _timesteps(req: ScoreRequest, settings: Settings) -> tuple[float, ...]:
+    ts = tuple(float(t) for t in (req.options.timesteps or settings.timesteps))
+    for i, t in enumerate(ts):
+        if not 0.0 < t < 1.0:
+            raise ApiError(
+                422,
+                "invalid_option",
+                f"timesteps must lie strictly between 0 and 1, got {t}",
+                f"options.timesteps[{i}]",
+            )
+    return ts
+
+
+@router.post(
+    "/v1/score", response_model=ScoreResponse, responses=ERRORS, response_model_exclude_none=True
+)
+async def score(
+    req: ScoreRequest,
+    state: ServiceState = Depends(get_state),
+    settings: Settings = Depends(get_settings_dep),
+) -> ScoreResponse:
+    """Score rollouts: per-token rewards aligned to response_ids (API.md)."""
+    check_request_limits(req.samples, settings)
+    opts = _reward_options(req, settings)
+    timesteps = _timesteps(req, settings)
+    draws = req.options.noise_draws or settings.noise_draws
+    want_adv = req.options.return_advantages
+    if want_adv:
+        for i, s in enumerate(req.samples):
+            if s.reward is None:
+                raise ApiError(
+                    422,
+                    "missing_reward",
+                    "return_advantages needs the verifier reward of every sample",
+                    f"samples[{i}].reward",
+                    s.id,
+                )
+    scorer = state.scorer
+    prompts, responses = resolve_ids(req.samples, scorer.encoder, settings)
+    problems = [sample_problem(p, r, scorer.encoder) for p, r in zip(prompts, responses)]
+    ok = [i for i, pr in enumerate(problems) if pr is None]
+    results: dict[int, ScoreResult] = {
+        i: ScoreResult(id=req.samples[i].id, status="error", error=pr, num_tokens=len(responses[i]))
+        for i, pr in enumerate(problems)
+        if pr is not None
+    }
+    flow_version, encoder_label = scorer.version, scorer.encoder.identity.label()
+    if ok:
+        # samples without a group id share a group with those of the same prompt
+        group_ids = [req.samples[i].group_id or f"prompt:{prompts[i]}" for i in ok]
+        job = ScoreJob(
+            prompts=[prompts[i] for i in ok],
+            responses=[responses[i] for i in ok],
+            reward_options=opts,
+            timesteps=timesteps,
+            noise_draws=draws,
+            outcome_rewards=[float(req.samples[i].reward) for i in ok] if want_adv else None,
+            group_ids=group_ids if want_adv else None,
+        )
+        try:
+            out = await state.scheduler.submit(job)
+        except Overloaded as e:
+            raise ApiError(
+                429,
+                "overloaded",
+                f"scoring queue is full ({e}); retry shortly",
+                headers={"Retry-After": "1"},
+            ) from None
+        flow_version, encoder_label = out.flow_version, out.encoder
+        for i, sc in zip(ok, out.scores):
+            results[i] = ScoreResult(
+                id=req.samples[i].id,
+                status="ok",
+                num_tokens=len(responses[i]),
+                token_rewards=sc.token_rewards.tolist(),
+                flow_return=sc.flow_return,
+                deviations=sc.deviations.tolist() if req.options.return_deviations else None,
+                advantages=sc.advantages.tolist() if want_adv else None,
+            )
+    n_err = len(req.samples) - len(ok)
+    if ok:
+        metrics.SAMPLES_SCORED.labels("ok").inc(len(ok))
+    if n_err:
+        metrics.SAMPLES_SCORED.labels("error").inc(n_err)
+    return ScoreResponse(
+        flow_version=flow_version,
+        encoder=encoder_label,
+        results=[results[i] for i in range(len(req.samples))],
+    )

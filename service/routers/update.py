@@ -1,0 +1,76 @@
+"""POST /v1/update (and /update): verifier-accepted rollouts for online refinement."""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, Depends
+
+from service import metrics
+from service.auth import require_update
+from service.errors import ApiError
+from service.samples import check_request_limits, resolve_ids, sample_problem
+from service.schemas import ErrorResponse, UpdateRequest, UpdateResponse
+from service.settings import Settings
+from service.state import ServiceState, get_settings_dep, get_state
+from service.updates.types import UpdateSample
+
+router = APIRouter(tags=["update"], dependencies=[Depends(require_update)])
+
+
+@router.post(
+    "/v1/update",
+    status_code=202,
+    response_model=UpdateResponse,
+    responses={
+        401: {"model": ErrorResponse},
+        403: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
+    },
+)
+async def update(
+    req: UpdateRequest,
+    state: ServiceState = Depends(get_state),
+    settings: Settings = Depends(get_settings_dep),
+) -> UpdateResponse:
+    """Queue the samples whose reward reaches the accept threshold; 202 = durably queued.
+
+    The whole request is validated before anything is queued, so a 4xx queues nothing.
+    A repeated update_id queues nothing and answers duplicate=true.
+    """
+    check_request_limits(req.samples, settings)
+    update_id = req.update_id or uuid.uuid4().hex
+    encoder = state.scorer.encoder
+    prompts, responses = resolve_ids(req.samples, encoder, settings)
+    accepted: list[UpdateSample] = []
+    for i, s in enumerate(req.samples):
+        if float(s.reward) < settings.accept_threshold:
+            continue
+        problem = sample_problem(prompts[i], responses[i], encoder)
+        if problem:
+            raise ApiError(422, "invalid_sample", problem, f"samples[{i}]", s.id)
+        accepted.append(
+            UpdateSample(f"{update_id}:{s.id}", prompts[i], responses[i], float(s.reward))
+        )
+    skipped = len(req.samples) - len(accepted)
+    try:
+        res = await state.queue.enqueue(update_id, accepted)
+    except ConnectionError as e:  # Redis unreachable: nothing was queued, say so
+        raise ApiError(
+            503, "queue_unavailable", f"update queue unavailable: {e}", headers={"Retry-After": "2"}
+        ) from None
+    if res.duplicate:
+        metrics.UPDATE_DUPLICATES.inc()
+    else:
+        metrics.UPDATE_SAMPLES.labels("accepted").inc(res.accepted)
+        metrics.UPDATE_SAMPLES.labels("skipped").inc(skipped)
+    metrics.PENDING_SAMPLES.set(res.pending)
+    return UpdateResponse(
+        update_id=update_id,
+        accepted=0 if res.duplicate else res.accepted,
+        skipped=skipped,
+        duplicate=res.duplicate,
+        pending=res.pending,
+    )

@@ -1,0 +1,228 @@
+"""ScoreScheduler: micro-batching of concurrent /score requests into one model pass.
+
+Requests become jobs on a bounded queue. One batcher task takes the oldest job, waits up
+to `max_wait_ms` for more jobs with the same flow settings (timesteps, noise draws) until
+`max_batch_tokens`, and runs the batch on a single model thread, so the event loop never
+blocks and batches never overlap. A job (all samples of one request) always goes into one
+batch, and a batch reads the runtime's scorer once, so a request is scored with exactly one
+flow version and encoder even while the learner publishes new ones. A full queue raises
+Overloaded (answered 429 + Retry-After) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+
+from flowfield.rewards import RewardOptions, group_advantages, token_rewards
+from flowfield.scorer import FlowScorer, SampleScore
+from service import metrics
+
+log = logging.getLogger("flowfield.scheduler")
+
+
+class Overloaded(Exception):
+    """The scoring queue is full; retry after a short wait."""
+
+
+@dataclass
+class ScoreJob:
+    prompts: list[list[int]]
+    responses: list[list[int]]
+    reward_options: RewardOptions
+    timesteps: tuple[float, ...]
+    noise_draws: int
+    outcome_rewards: list[float] | None = None
+    group_ids: list[str] | None = None
+    enqueued: float = field(default_factory=time.perf_counter)
+    future: asyncio.Future | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.timesteps, self.noise_draws)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(p) + len(r) for p, r in zip(self.prompts, self.responses))
+
+
+@dataclass
+class JobResult:
+    scores: list[SampleScore]
+    flow_version: int
+    encoder: str
+
+
+class ModelRuntime:
+    """The scorer in use. Replacing `scorer` is atomic; a running batch keeps its own."""
+
+    def __init__(self, scorer: FlowScorer) -> None:
+        self.scorer = scorer
+
+
+def _observe_many(hist, values: torch.Tensor) -> None:
+    """Histogram.observe for many values without a per-value Python loop."""
+    if values.numel() == 0:
+        return
+    v = values.detach().double().flatten()
+    try:
+        bounds = torch.tensor(hist._upper_bounds, dtype=torch.float64)
+        idx = torch.bucketize(v, bounds, right=False)
+        counts = torch.bincount(idx, minlength=len(bounds))
+        for i, c in enumerate(counts.tolist()):
+            if c:
+                hist._buckets[i].inc(c)
+        hist._sum.inc(float(v.sum()))
+    except AttributeError:  # prometheus_client internals changed: fall back to the slow way
+        for x in v.tolist():
+            hist.observe(x)
+
+
+def run_batch(scorer: FlowScorer, jobs: list[ScoreJob]) -> list[JobResult]:
+    """Blocking: one encoder + flow pass for all jobs, then per-job shaping."""
+    prompts = [p for j in jobs for p in j.prompts]
+    responses = [r for j in jobs for r in j.responses]
+    devs = scorer.deviations(prompts, responses, jobs[0].timesteps, jobs[0].noise_draws)
+    out, k = [], 0
+    for j in jobs:
+        mine = devs[k : k + len(j.responses)]
+        k += len(j.responses)
+        rewards = [token_rewards(e, j.reward_options) for e in mine]
+        advs: list = [None] * len(mine)
+        if j.outcome_rewards is not None:
+            advs = group_advantages(rewards, j.outcome_rewards, j.group_ids or [])
+        out.append(
+            JobResult(
+                [SampleScore(e, r, float(r.sum()), a) for e, r, a in zip(mine, rewards, advs)],
+                scorer.version,
+                scorer.encoder.identity.label(),
+            )
+        )
+    if devs:
+        all_e = torch.cat(devs)
+        all_r = torch.cat([s.token_rewards for res in out for s in res.scores])
+        _observe_many(metrics.DEVIATION, all_e)
+        _observe_many(metrics.TOKEN_REWARD, all_r[all_r != 0])
+        _observe_many(
+            metrics.FLOW_RETURN, torch.tensor([s.flow_return for res in out for s in res.scores])
+        )
+        metrics.TOKENS_SCORED.inc(int(all_e.numel()))
+    return out
+
+
+class ScoreScheduler:
+    def __init__(
+        self,
+        runtime: ModelRuntime,
+        max_batch_tokens: int = 32768,
+        max_wait_ms: float = 5.0,
+        max_queue_samples: int = 8192,
+    ) -> None:
+        self.runtime = runtime
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue_samples = max_queue_samples
+        self._jobs: collections.deque[ScoreJob] = collections.deque()
+        self._queued_samples = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The single model thread; other model work (reloads) may run here between batches."""
+        return self._executor
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="score-batcher")
+
+    async def stop(self) -> None:
+        """Finish every queued job, then stop (used on SIGTERM drain)."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._task:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queued_samples(self) -> int:
+        return self._queued_samples
+
+    async def submit(self, job: ScoreJob) -> JobResult:
+        n = len(job.responses)
+        if self._stopping:
+            raise Overloaded("shutting down")
+        if self._queued_samples and self._queued_samples + n > self.max_queue_samples:
+            raise Overloaded(f"{self._queued_samples} samples already queued")
+        job.future = asyncio.get_running_loop().create_future()
+        self._jobs.append(job)
+        self._queued_samples += n
+        metrics.SCORE_QUEUE_DEPTH.set(self._queued_samples)
+        self._wakeup.set()
+        return await job.future
+
+    def _take_batch(self) -> list[ScoreJob]:
+        first = self._jobs.popleft()
+        batch, tokens = [first], first.tokens
+        rest = collections.deque()
+        while self._jobs:
+            j = self._jobs.popleft()
+            if j.key == first.key and tokens + j.tokens <= self.max_batch_tokens:
+                batch.append(j)
+                tokens += j.tokens
+            else:
+                rest.append(j)
+        self._jobs.extendleft(reversed(rest))
+        return batch
+
+    def _batch_is_full(self) -> bool:
+        return sum(j.tokens for j in self._jobs) >= self.max_batch_tokens
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._jobs:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            # give concurrent requests a moment to join this batch
+            deadline = self._jobs[0].enqueued + self.max_wait
+            while not self._batch_is_full() and not self._stopping:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), remaining)
+                except TimeoutError:
+                    break
+            batch = self._take_batch()
+            n = sum(len(j.responses) for j in batch)
+            self._queued_samples -= n
+            metrics.SCORE_QUEUE_DEPTH.set(self._queued_samples)
+            now = time.perf_counter()
+            for j in batch:
+                metrics.QUEUE_TIME.observe(now - j.enqueued)
+            metrics.BATCH_SAMPLES.observe(n)
+            metrics.BATCH_TOKENS.observe(sum(j.tokens for j in batch))
+            scorer = self.runtime.scorer  # one flow version for the whole batch
+            try:
+                results = await loop.run_in_executor(self._executor, run_batch, scorer, batch)
+            except Exception as e:  # a model failure fails these requests, not the service
+                log.exception("scoring batch failed")
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(e)
+                continue
+            for j, r in zip(batch, results):
+                if not j.future.done():
+                    j.future.set_result(r)

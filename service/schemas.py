@@ -1,0 +1,203 @@
+"""Request and response models: the single source of the HTTP schema (API.md)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+# reject NaN/inf everywhere a number is read; ids must be real integers, not "3" or 3.0
+_STRICT = ConfigDict(allow_inf_nan=False, str_max_length=1_000_000)
+Number = StrictFloat | StrictInt
+
+
+class ScoreOptionsIn(BaseModel):
+    """Per-request overrides of the service's scoring defaults; unknown keys are an error."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    normalization: Literal["bilateral", "unilateral"] | None = None
+    beta: Number | None = None
+    threshold: Number | None = Field(None, ge=0)
+    top_k: StrictInt | None = Field(None, ge=0, le=1_000_000)
+    timesteps: list[Number] | None = Field(None, min_length=1, max_length=16)
+    noise_draws: StrictInt | None = Field(None, ge=1, le=64)
+    return_deviations: StrictBool = False
+    return_advantages: StrictBool = False
+
+
+class ScoreSample(BaseModel):
+    model_config = _STRICT
+
+    id: StrictStr = Field(min_length=1, max_length=256)
+    group_id: StrictStr | None = Field(None, max_length=256)
+    prompt_ids: list[StrictInt] | None = None
+    response_ids: list[StrictInt] | None = None
+    prompt: StrictStr | None = None
+    response: StrictStr | None = None
+    reward: Number | None = None
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    samples: list[ScoreSample]
+    options: ScoreOptionsIn = Field(default_factory=ScoreOptionsIn)
+
+
+class ScoreResult(BaseModel):
+    id: str
+    status: Literal["ok", "error"]
+    num_tokens: int = 0
+    token_rewards: list[float] | None = None
+    flow_return: float | None = None
+    deviations: list[float] | None = None
+    advantages: list[float] | None = None
+    error: str | None = None
+
+
+class ScoreResponse(BaseModel):
+    flow_version: int
+    encoder: str
+    results: list[ScoreResult]
+
+
+class UpdateSampleIn(BaseModel):
+    model_config = _STRICT
+
+    id: StrictStr = Field(min_length=1, max_length=256)
+    prompt_ids: list[StrictInt] | None = None
+    response_ids: list[StrictInt] | None = None
+    prompt: StrictStr | None = None
+    response: StrictStr | None = None
+    reward: Number
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    update_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    samples: list[UpdateSampleIn]
+
+
+class UpdateResponse(BaseModel):
+    update_id: str
+    accepted: int
+    skipped: int
+    duplicate: bool
+    pending: int
+
+
+class FlowInfo(BaseModel):
+    flow_version: int
+    encoder: str
+    metadata: dict[str, Any]
+    samples_trained: int
+    last_update: float | None
+    pending: int
+    queue_backend: str
+
+
+class PolicyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: StrictStr = Field(min_length=1)
+    revision: StrictStr | None = Field(None, max_length=256)
+    name: StrictStr | None = Field(None, max_length=256)
+
+
+class PolicyResponse(BaseModel):
+    encoder: str
+    flow_version: int
+    layers: list[int]
+
+
+class OpenRLHFRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    query: list[StrictStr]
+    prompts: list[StrictStr] = Field(default_factory=list)
+    labels: list[StrictStr] = Field(default_factory=list)
+
+
+class OpenRLHFResponse(BaseModel):
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    sample_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+# ---- RewardFlow mode (/v1/score/graph) ------------------------------------------------------
+
+JsonValue = Any  # a state key: a string or any JSON value; equal values are the same state
+
+
+class GraphStep(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    state: JsonValue
+    action: JsonValue = None
+    reward: Number = 0.0
+
+
+class GraphTrajectory(BaseModel):
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    id: StrictStr = Field(min_length=1, max_length=256)
+    steps: list[GraphStep] = Field(max_length=10_000)
+    final_state: JsonValue
+    final_reward: Number = 0.0
+    success: StrictBool = False
+    truncated: StrictBool = False  # ended by the step limit: the final state is not terminal
+
+
+class GraphGroup(BaseModel):
+    group_id: StrictStr = Field(min_length=1, max_length=256)
+    trajectories: list[GraphTrajectory] = Field(min_length=1, max_length=1024)
+
+
+class GraphRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    gamma: Number = Field(0.9, ge=0, lt=1)
+    step_weight: Number = 1.0
+    undirected: StrictBool = False
+    groups: list[GraphGroup] = Field(max_length=4096)
+
+
+class GraphStepOut(BaseModel):
+    value: float
+    step_reward: float
+    advantage: float
+    step_advantage: float
+
+
+class GraphTrajectoryOut(BaseModel):
+    id: str
+    steps: list[GraphStepOut]
+    episode_return: float
+    episode_advantage: float
+    final_value: float
+    success: bool
+
+
+class GraphGroupOut(BaseModel):
+    group_id: str
+    num_nodes: int
+    num_edges: int
+    trajectories: list[GraphTrajectoryOut]
+
+
+class GraphResponse(BaseModel):
+    gamma: float
+    groups: list[GraphGroupOut]

@@ -1,0 +1,415 @@
+"""The learner: turns queued accepted samples into new flow versions, exactly once.
+
+Loop (one batch per iteration):
+  1. take over entries a dead consumer left pending (reclaim), then read new ones, up to
+     `learner_batch`, waiting at most `learner_block_ms` for the batch to fill;
+  2. in a worker thread (the event loop keeps serving): `OnlineRefiner.step` on the batch,
+     `export()` the next version, write its checkpoint (flow + optimiser state) atomically;
+  3. `FlowStore.publish`: with Redis one script bumps the version, records and acknowledges
+     the entries and counts each trained sample id in `{prefix}:trained` (see flowstore.py);
+  4. acknowledge the in-process queue (a no-op for Redis, already done in 3), update metrics.
+
+With Redis exactly one learner trains at a time: `{prefix}:learner:lock` (SET NX PX with a
+random token, renewed every ttl/3). A second learner waits for it. The token is also the fence
+checked by publish, so a learner that lost the lock (a long pause, a partition) cannot
+publish. On start, and whenever a step fails, the learner reloads the current version and its
+optimiser state, so training always continues from what was published.
+
+Samples that can never be trained (empty response, token id outside the vocabulary, longer
+than the model's context) are acknowledged without training and logged, so one bad sample
+cannot wedge the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from flowfield.checkpoint import FlowMismatchError
+from flowfield.encoder import LatentEncoder
+from flowfield.flownet import FlowMetadata
+from flowfield.training.online import OnlineRefiner
+from service.metrics import LEARNER_LOSS, LEARNER_STEPS, PENDING_SAMPLES, SAMPLES_TRAINED
+from service.updates.flowstore import CommitConflict, FlowStore
+from service.updates.queue import UpdateQueue
+from service.updates.types import Entry, UpdateSample
+
+log = logging.getLogger("flowfield.learner")
+
+
+class LearnerConfigError(RuntimeError):
+    """The current flow cannot be loaded for this encoder; retrying will not help."""
+
+
+def default_consumer_name() -> str:
+    """Unique per process, readable in XINFO: host-pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class LearnerLock(Protocol):
+    token: str | None
+    held: bool
+    retry_s: float
+
+    async def try_acquire(self) -> bool: ...
+    async def still_held(self) -> bool: ...
+    async def keep_alive(self) -> None: ...
+    async def release(self) -> None: ...
+
+
+class NullLock:
+    """Embedded mode: one process, one learner; nothing to coordinate."""
+
+    token: str | None = None
+    retry_s = 1.0
+
+    def __init__(self) -> None:
+        self.held = False
+
+    async def try_acquire(self) -> bool:
+        self.held = True
+        return True
+
+    async def still_held(self) -> bool:
+        return self.held
+
+    async def keep_alive(self) -> None:
+        return None
+
+    async def release(self) -> None:
+        self.held = False
+
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisLock:
+    """SET NX PX lock with a random token; renewed by keep_alive while held."""
+
+    def __init__(self, client: aioredis.Redis, key: str, ttl_ms: int = 10_000) -> None:
+        self.client = client
+        self.key = key
+        self.ttl_ms = int(ttl_ms)
+        self.token: str | None = uuid.uuid4().hex
+        self.held = False
+        self.retry_s = max(0.05, min(1.0, self.ttl_ms / 4000))
+        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(_RELEASE)
+        self._renewed_at = 0.0
+
+    async def try_acquire(self) -> bool:
+        ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
+        self.held = bool(ok)
+        if self.held:
+            self._renewed_at = time.monotonic()
+        return self.held
+
+    async def still_held(self) -> bool:
+        """Ask Redis (not the local flag) whether the lock is still this learner's."""
+        if self.held and await self.client.get(self.key) not in (self.token,
+                                                                 self.token.encode()):
+            log.warning("learner lock lost (taken over or expired)")
+            self.held = False
+        return self.held
+
+    async def keep_alive(self) -> None:
+        """Renew every ttl/3 until the lock is lost or released."""
+        while self.held:
+            await asyncio.sleep(self.ttl_ms / 3000)
+            if not self.held:
+                return
+            try:
+                if await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
+                    self._renewed_at = time.monotonic()
+                else:
+                    log.warning("learner lock lost (taken over or expired)")
+                    self.held = False
+            except RedisError as e:
+                if (time.monotonic() - self._renewed_at) * 1000 > self.ttl_ms:
+                    log.warning("learner lock expired while redis was unreachable: %s", e)
+                    self.held = False
+
+    async def release(self) -> None:
+        was_held, self.held = self.held, False
+        if was_held:
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[self.key], args=[self.token])
+
+
+class Learner:
+    """Consumes the update queue and publishes refined flow versions; see module docstring."""
+
+    def __init__(self, encoder: LatentEncoder, store: FlowStore, queue: UpdateQueue,
+                 settings: Any, consumer_name: str | None = None, *,
+                 lock: LearnerLock | None = None, lock_ttl_ms: int = 10_000,
+                 encoder_lock: threading.Lock | None = None,
+                 pause_before_commit_s: float = 0.0) -> None:
+        """encoder_lock: held around the encoder forward+backward; pass the scorer's lock
+        when the encoder object is shared with a scheduler in the same process."""
+        self.encoder = encoder
+        self.store = store
+        self.queue = queue
+        self.settings = settings
+        self.consumer = consumer_name or default_consumer_name()
+        if lock is None:
+            lock = (RedisLock(store.redis, store.keys.lock, lock_ttl_ms)
+                    if store.redis is not None else NullLock())
+        self.lock = lock
+        self.encoder_lock = encoder_lock
+        self.pause_before_commit_s = pause_before_commit_s  # test hook: the crash window
+        self.batch_size = max(1, int(settings.learner_batch))
+        self.stats: dict[str, Any] = {
+            "steps": 0, "samples_trained": 0, "tokens_trained": 0, "last_loss": None,
+            "version": 0, "pending": 0, "rejected": 0, "last_update": None,
+            "consumer": self.consumer,
+        }
+        self._refiner: OnlineRefiner | None = None
+        self._held: list[Entry] = []  # read but not yet committed (kept across a failed step)
+        self._keepalive: asyncio.Task | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Train until `stop` is set; the current step is finished before returning.
+
+        Errors in a step are logged and retried with backoff (the batch is kept); a flow that
+        is missing or does not fit the encoder is raised as LearnerConfigError.
+        """
+        backoff = 1.0
+        try:
+            while not stop.is_set():
+                if not self.lock.held:
+                    await self._stop_keepalive()
+                    if not await self._acquire(stop):
+                        break
+                try:
+                    await self.step_once()
+                    backoff = 1.0
+                except LearnerConfigError:
+                    raise
+                except Exception:
+                    log.exception("learner step failed; retrying in %.1fs", backoff)
+                    self._refiner = None
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            await self._stop_keepalive()
+            await self.lock.release()
+
+    async def _acquire(self, stop: asyncio.Event) -> bool:
+        said_waiting = False
+        while not stop.is_set():
+            try:
+                acquired = await self.lock.try_acquire()
+            except RedisError as e:
+                log.warning("learner lock: redis error %s", e)
+                acquired = False
+            if acquired:
+                log.info("learner lock acquired consumer=%s", self.consumer)
+                self._keepalive = asyncio.create_task(self.lock.keep_alive())
+                self._held = []
+                self._refiner = None
+                return True
+            if not said_waiting:
+                log.info("learner waiting: another learner holds the lock consumer=%s",
+                         self.consumer)
+                said_waiting = True
+            await _wait(stop, self.lock.retry_s)
+        return False
+
+    async def _stop_keepalive(self) -> None:
+        if self._keepalive is not None:
+            self._keepalive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._keepalive
+            self._keepalive = None
+
+    async def _load(self) -> None:
+        """(Re)build the refiner from the published version and its optimiser state, after
+        removing unpublished leftovers (only while the lock is verifiably ours)."""
+        version = await self.store.current()
+        if await self.lock.still_held():
+            await asyncio.to_thread(self.store.cleanup, version)
+        try:
+            net, meta = await asyncio.to_thread(
+                self.store.load, version, self.encoder.identity,
+                tuple(self.encoder.layer_fractions),
+            )
+        except (FlowMismatchError, FileNotFoundError) as e:
+            raise LearnerConfigError(f"cannot load flow version {version}: {e}") from e
+        state = await asyncio.to_thread(self.store.load_learner_state, version)
+        meta.version = version
+        s = self.settings
+        refiner = OnlineRefiner(self.encoder, net, meta, lr=s.learner_lr, min_lr=s.learner_min_lr,
+                                horizon=s.learner_horizon, timesteps=s.timesteps)
+        if state is not None:
+            refiner.load_state_dict(state)
+        self._refiner = refiner
+        self._update_stats(meta)
+        log.info("learner loaded flow_version=%d steps=%d samples_trained=%d", version,
+                 refiner.steps, meta.samples_trained)
+
+    # ---- one step -------------------------------------------------------------------------
+
+    async def step_once(self) -> int:
+        """Gather a batch, train, publish, commit. Returns the number of entries committed."""
+        if self._refiner is None:
+            await self._load()
+        batch = await self._gather()
+        await self._set_pending()
+        if not batch:
+            return 0
+        valid, rejected = self._split(batch)
+        if not valid:
+            await self.queue.commit([e.entry_id for e in batch])
+            self._held = []
+            await self._set_pending()
+            return len(batch)
+
+        refiner = self._refiner
+        assert refiner is not None
+        loss, meta = await asyncio.to_thread(self._train_and_write, refiner, valid)
+        if self.pause_before_commit_s > 0:
+            log.info("test hook: pausing %.1fs before commit version=%d",
+                     self.pause_before_commit_s, meta.version)
+            await asyncio.sleep(self.pause_before_commit_s)
+        try:
+            await self.store.publish(meta.version, batch, [e.sample.sample_id for e in valid],
+                                     fence=self.lock.token)
+        except CommitConflict as e:
+            log.warning("learner: %s; reloading", e)
+            self._refiner = None
+            if e.reason == "learner lock lost":
+                self._held = []  # the next lock holder reclaims them
+                self.lock.held = False
+            else:
+                done = set(e.done)
+                self._held = [x for x in batch if x.entry_id not in done]
+            return 0
+        except Exception:
+            self._refiner = None  # its state is ahead of what was published
+            raise
+        await self.queue.commit([e.entry_id for e in batch])
+        self._held = []
+
+        LEARNER_LOSS.set(loss)
+        LEARNER_STEPS.inc()
+        SAMPLES_TRAINED.inc(len(valid))
+        self.stats["last_loss"] = loss
+        self.stats["rejected"] += len(rejected)
+        self._update_stats(meta)
+        self.stats["last_update"] = time.time()
+        await self._set_pending()
+        log.info("learner published flow_version=%d samples=%d loss=%.5f pending=%d",
+                 meta.version, len(valid), loss, self.stats["pending"])
+        if self.lock.held:  # just fenced by publish: old versions and orphans can go
+            await asyncio.to_thread(self.store.cleanup, meta.version)
+        return len(batch)
+
+    async def _gather(self) -> list[Entry]:
+        """Held entries, then reclaimed ones, then new ones until full or block_ms passed."""
+        batch = list(self._held)
+        seen = {e.entry_id for e in batch}
+
+        def add(entries: list[Entry]) -> None:
+            for e in entries:
+                if e.entry_id not in seen:
+                    seen.add(e.entry_id)
+                    batch.append(e)
+
+        if len(batch) < self.batch_size:
+            add(await self.queue.reclaim(self.consumer, self.settings.learner_reclaim_idle_ms,
+                                         self.batch_size - len(batch)))
+        deadline = time.monotonic() + self.settings.learner_block_ms / 1000
+        while len(batch) < self.batch_size:
+            left_ms = int((deadline - time.monotonic()) * 1000)
+            if left_ms <= 0:
+                break
+            got = await self.queue.read(self.consumer, self.batch_size - len(batch), left_ms)
+            if not got:
+                break
+            add(got)
+        self._held = batch
+        return batch
+
+    def _split(self, batch: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+        valid, rejected = [], []
+        for e in batch:
+            reason = self._problem(e.sample)
+            if reason is None:
+                valid.append(e)
+            else:
+                log.warning("learner: dropping sample %s (entry %s): %s", e.sample.sample_id,
+                            e.entry_id, reason)
+                rejected.append(e)
+        return valid, rejected
+
+    def _problem(self, s: UpdateSample) -> str | None:
+        if not s.response_ids:
+            return "empty response"
+        ids = s.prompt_ids + s.response_ids
+        if min(ids) < 0 or max(ids) >= self.encoder.vocab_size:
+            return f"token id outside 0..{self.encoder.vocab_size - 1}"
+        limit = self.encoder.max_positions
+        if limit and len(ids) > int(limit):
+            return f"{len(ids)} tokens, more than the model's {limit}"
+        if not math.isfinite(s.weight) or s.weight < 0:
+            return f"weight {s.weight} is not a finite non-negative number"
+        return None
+
+    def _train_and_write(self, refiner: OnlineRefiner,
+                         entries: list[Entry]) -> tuple[float, FlowMetadata]:
+        """Blocking part of a step (worker thread): optimiser step, export, checkpoint."""
+        prompts = [e.sample.prompt_ids for e in entries]
+        responses = [e.sample.response_ids for e in entries]
+        weights = [e.sample.weight for e in entries]
+        guard = self.encoder_lock if self.encoder_lock is not None else contextlib.nullcontext()
+        with guard:
+            loss = refiner.step(prompts, responses, weights)
+        net, meta = refiner.export()
+        self.store.write(net, meta, refiner.state_dict())
+        return loss, meta
+
+    def _update_stats(self, meta: FlowMetadata) -> None:
+        self.stats["version"] = meta.version
+        self.stats["samples_trained"] = meta.samples_trained
+        self.stats["tokens_trained"] = meta.tokens_trained
+        if self._refiner is not None:
+            self.stats["steps"] = self._refiner.steps
+
+    async def _set_pending(self) -> None:
+        try:
+            n = await self.queue.pending()
+        except RedisError:
+            return
+        self.stats["pending"] = n
+        PENDING_SAMPLES.set(n)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when stop is set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,64 @@
+"""Test helpers: tiny Hugging Face causal LMs built from configs, saved to and loaded back
+from disk through the same path the service uses; random token samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+
+from flowfield.demo.tokenizer import build_tokenizer
+
+VOCAB = 64
+
+
+def tiny_config(arch: str, layers: int = 8, hidden: int = 32):
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=VOCAB,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=1,
+            eos_token_id=1,
+        )
+    common = dict(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    if arch == "llama":
+        return LlamaConfig(**common)
+    if arch == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(arch)
+
+
+def save_tiny_model(
+    path: Path, arch: str, layers: int = 8, hidden: int = 32, seed: int = 0
+) -> Path:
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, hidden))
+    model.save_pretrained(str(path))
+    build_tokenizer().save_pretrained(str(path))
+    return path
+
+
+def random_samples(n: int, seed: int = 0, prompt_range=(0, 12), response_range=(1, 20)):
+    g = torch.Generator().manual_seed(seed)
+    prompts, responses = [], []
+    for _ in range(n):
+        p = int(torch.randint(prompt_range[0], prompt_range[1] + 1, (1,), generator=g))
+        r = int(torch.randint(response_range[0], response_range[1] + 1, (1,), generator=g))
+        prompts.append(torch.randint(2, VOCAB, (p,), generator=g).tolist())
+        responses.append(torch.randint(2, VOCAB, (r,), generator=g).tolist())
+    return prompts, responses

@@ -1,0 +1,99 @@
+"""Reward shaping formulas against small hand-computed cases (RLFR.md s5)."""
+
+import pytest
+import torch
+
+from flowfield.path import score_weight
+from flowfield.rewards import (
+    RewardOptions,
+    filter_tokens,
+    group_advantages,
+    normalize,
+    outcome_advantages,
+    reward_to_go,
+    token_rewards,
+)
+
+
+def t(*xs):
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def test_score_weight():
+    assert score_weight(torch.tensor(0.8)).item() == pytest.approx(4.0)
+    assert score_weight(torch.tensor(0.5)).item() == pytest.approx(1.0)
+
+
+def test_minmax_unilateral_and_bilateral():
+    e = t(2.0, 4.0, 3.0, 6.0)  # min 2, max 6
+    assert normalize(e, "unilateral").tolist() == pytest.approx([0.0, 0.5, 0.25, 1.0])
+    assert normalize(e, "bilateral").tolist() == pytest.approx([-1.0, 0.0, -0.5, 1.0])
+
+
+def test_constant_or_single_token_sequences_normalise_to_zero():
+    assert normalize(t(3.0, 3.0), "bilateral").tolist() == [0.0, 0.0]
+    assert normalize(t(5.0), "unilateral").tolist() == [0.0]
+    assert normalize(t(), "bilateral").numel() == 0
+
+
+def test_threshold_zeroes_small_magnitudes():
+    s = t(-0.9, -0.6, -0.2, 0.0, 0.6, 0.61, 1.0)
+    assert filter_tokens(s, 0.6, 0, "bilateral").tolist() == [-0.9, 0, 0, 0, 0, 0.61, 1.0]
+
+
+def test_top_k_unilateral_keeps_largest():
+    s = t(0.7, 0.9, 0.8, 1.0, 0.65)
+    assert filter_tokens(s, 0.6, 3, "unilateral").tolist() == [0, 0.9, 0.8, 1.0, 0]
+
+
+def test_top_k_bilateral_keeps_top_half_and_bottom_half():
+    s = t(1.0, -1.0, 0.9, -0.9, 0.8, -0.8, 0.7)
+    # K = 5: the 3 highest (1.0, 0.9, 0.8) and the 2 lowest (-1.0, -0.9)
+    assert filter_tokens(s, 0.6, 5, "bilateral").tolist() == [1.0, -1.0, 0.9, -0.9, 0.8, 0, 0]
+    # K = 4: 2 and 2
+    assert filter_tokens(s, 0.6, 4, "bilateral").tolist() == [1.0, -1.0, 0.9, -0.9, 0, 0, 0]
+
+
+def test_top_k_not_applied_when_few_survive():
+    s = t(1.0, -1.0, 0.1)
+    assert filter_tokens(s, 0.6, 15, "bilateral").tolist() == [1.0, -1.0, 0.0]
+
+
+def test_token_rewards_end_to_end_with_beta():
+    # e: min 0, max 10 -> s_bilateral = 2(e/10 - 0.5) = [-1, -0.6, 0.2, 0.8, 1]
+    e = t(0.0, 2.0, 6.0, 9.0, 10.0)
+    r = token_rewards(e, RewardOptions("bilateral", beta=0.01, threshold=0.6, top_k=15))
+    assert r.tolist() == pytest.approx([0.01, 0.0, 0.0, -0.008, -0.01])
+    r = token_rewards(e, RewardOptions("unilateral", beta=0.5, threshold=0.6, top_k=1))
+    # s_unilateral = [0, .2, .6, .9, 1]; |s| > .6 -> .9, 1; top 1 -> 1
+    assert r.tolist() == pytest.approx([0, 0, 0, 0, -0.5])
+
+
+def test_reward_to_go():
+    assert reward_to_go(t(1.0, 2.0, 3.0)).tolist() == [6.0, 5.0, 3.0]
+
+
+def test_outcome_advantages_use_sample_std():
+    # R = [1, 0, 1, 0]: mean .5, sample std sqrt(1/3) = 0.57735
+    a = outcome_advantages([1.0, 0.0, 1.0, 0.0])
+    assert a == pytest.approx([0.866025, -0.866025, 0.866025, -0.866025], rel=1e-5)
+    assert outcome_advantages([1.0, 1.0]) == pytest.approx([0.0, 0.0])  # all correct
+    assert outcome_advantages([1.0]) == [0.0]  # no baseline
+
+
+def test_group_advantages_add_reward_to_go_and_group_by_id():
+    r = [t(0.01, 0.0, -0.01), t(0.0, -0.02), t(0.005)]
+    adv = group_advantages(r, [1.0, 0.0, 7.0], ["g", "g", "solo"])
+    a0 = 0.5 / (0.7071067811865476 + 1e-9)  # (1 - .5) / sample std([1, 0])
+    assert adv[0].tolist() == pytest.approx([a0 + 0.0, a0 - 0.01, a0 - 0.01])
+    assert adv[1].tolist() == pytest.approx([-a0 - 0.02, -a0 - 0.02])
+    assert adv[2].tolist() == pytest.approx([0.005])  # a group of one: reward-to-go only
+
+
+def test_reward_options_validate():
+    with pytest.raises(ValueError):
+        RewardOptions(normalization="sideways")
+    with pytest.raises(ValueError):
+        RewardOptions(top_k=-1)
+    with pytest.raises(ValueError):
+        RewardOptions(threshold=float("nan"))

@@ -1,0 +1,211 @@
+"""The learner in-process, on both backends: trains the queue dry into published versions
+that differ from version 0, carries its optimiser state across a restart, rejects untrainable
+samples, and with Redis lets only one of two learners train."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis.asyncio as aioredis
+import torch
+from updates_support import (
+    FRACTIONS,
+    REDIS_URL,
+    delete_prefix,
+    make_samples,
+    make_settings,
+    make_tiny_assets,
+    new_prefix,
+    redis_available,
+)
+
+from flowfield.checkpoint import read_metadata
+from flowfield.encoder import LatentEncoder
+from service.metrics import LEARNER_STEPS, SAMPLES_TRAINED
+from service.updates.flowstore import FlowStore
+from service.updates.learner import Learner
+from service.updates.queue import make_queue
+from service.updates.types import UpdateSample
+
+needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return make_tiny_assets(tmp_path_factory.mktemp("learner-assets"))
+
+
+@pytest.fixture(scope="module")
+def encoder(assets):
+    return LatentEncoder(assets.model_dir, FRACTIONS)
+
+
+@pytest.fixture
+def prefix():
+    p = new_prefix()
+    yield p
+    if redis_available():
+        delete_prefix(p)
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
+def settings(request, assets, tmp_path, prefix):
+    url = REDIS_URL if request.param == "redis" else None
+    return make_settings(assets, tmp_path / "ckpt", url, prefix, learner_batch=8)
+
+
+async def drain(learners: list[Learner], queue, timeout: float = 60) -> None:
+    """Run learners until the queue is empty, then stop them."""
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(lr.run(stop)) for lr in learners]
+    deadline = time.monotonic() + timeout
+    try:
+        while await queue.pending() > 0:
+            for t in tasks:
+                if t.done():
+                    t.result()  # surface a crash
+            assert time.monotonic() < deadline, "learner did not drain the queue"
+            await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+
+
+def test_learner_trains_publishes_and_resumes(settings, encoder):
+    async def main() -> None:
+        queue = make_queue(settings)
+        store = FlowStore.from_settings(settings)
+        steps_before = LEARNER_STEPS._value.get()
+        trained_before = SAMPLES_TRAINED._value.get()
+        try:
+            await queue.enqueue("u1", make_samples(12))
+            await queue.enqueue("u2", make_samples(8, start=12))
+            learner = Learner(encoder, store, queue, settings, "learner-1")
+            await drain([learner], queue)
+
+            version = await store.current()
+            assert version >= 3  # 20 samples in batches of at most 8
+            assert learner.stats["version"] == version
+            assert learner.stats["samples_trained"] == 20
+            assert learner.stats["steps"] == version
+            assert learner.stats["pending"] == 0
+            assert isinstance(learner.stats["last_loss"], float)
+            assert LEARNER_STEPS._value.get() - steps_before == version
+            assert SAMPLES_TRAINED._value.get() - trained_before == 20
+
+            meta = read_metadata(store.path(version))
+            assert meta.version == version and meta.samples_trained == 20
+            v0, _ = store.load(0)
+            vn, _ = store.load(version, encoder.identity, FRACTIONS)
+            moved = [not torch.equal(a, b)
+                     for a, b in zip(v0.parameters(), vn.parameters(), strict=True)]
+            assert any(moved)
+            if settings.redis_url:
+                trained = await store.redis.hgetall(store.keys.trained)
+                assert trained == {f"s-{i}": "1" for i in range(20)}
+
+            # a restarted learner continues from the published version and optimiser state
+            await queue.enqueue("u3", make_samples(5, start=20))
+            again = Learner(encoder, store, queue, settings, "learner-2")
+            await drain([again], queue)
+            assert await store.current() == version + 1
+            assert again.stats["steps"] == version + 1
+            assert read_metadata(store.path(version + 1)).samples_trained == 25
+        finally:
+            await queue.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_untrainable_samples_are_dropped_not_retried(settings, encoder):
+    async def main() -> None:
+        queue = make_queue(settings)
+        store = FlowStore.from_settings(settings)
+        try:
+            good = make_samples(3)
+            bad = [
+                UpdateSample("bad-vocab", [1, 2], [3, 9999], 1.0),
+                UpdateSample("bad-empty", [1, 2], [], 1.0),
+                UpdateSample("bad-weight", [1], [3], 1.0, weight=float("nan")),
+            ]
+            await queue.enqueue("u1", bad[:1] + good + bad[1:])
+            learner = Learner(encoder, store, queue, settings, "learner-1")
+            await drain([learner], queue)
+            assert await store.current() == 1
+            assert read_metadata(store.path(1)).samples_trained == 3
+            assert learner.stats["rejected"] == 3
+            if settings.redis_url:
+                trained = await store.redis.hgetall(store.keys.trained)
+                assert set(trained) == {"s-0", "s-1", "s-2"}
+
+            # a batch of only bad samples is acknowledged without a new version
+            await queue.enqueue("u2", bad)
+            await drain([learner], queue)
+            assert await store.current() == 1
+        finally:
+            await queue.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+@needs_redis
+def test_only_one_redis_learner_trains(assets, encoder, tmp_path, prefix):
+    settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
+
+    async def main() -> None:
+        queue = make_queue(settings)
+        store = FlowStore.from_settings(settings)
+        a = Learner(encoder, store, queue, settings, "a", lock_ttl_ms=1000)
+        b = Learner(encoder, store, queue, settings, "b", lock_ttl_ms=1000)
+        try:
+            await queue.enqueue("u1", make_samples(16))
+            await drain([a, b], queue)
+            steps = sorted([a.stats["steps"], b.stats["steps"]])
+            assert steps[0] == 0 and steps[1] == await store.current() == 4
+            trained = await store.redis.hgetall(store.keys.trained)
+            assert trained == {f"s-{i}": "1" for i in range(16)}
+            assert not await store.redis.exists(store.keys.lock)  # released on stop
+
+            # the lock is free again: the other learner takes over from the current version
+            await queue.enqueue("u2", make_samples(4, start=16))
+            await drain([a if steps[0] == a.stats["steps"] else b], queue)
+            assert await store.current() == 5
+            assert read_metadata(store.path(5)).samples_trained == 20
+        finally:
+            await queue.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+@needs_redis
+def test_lost_lock_cannot_publish(assets, encoder, tmp_path, prefix):
+    """A learner whose lock was taken over trains, but its publish is refused; the entries
+    stay pending for the lock holder."""
+    settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
+
+    async def main() -> None:
+        queue = make_queue(settings)
+        store = FlowStore.from_settings(settings)
+        learner = Learner(encoder, store, queue, settings, "a", lock_ttl_ms=60_000)
+        try:
+            await queue.enqueue("u1", make_samples(4))
+            assert await learner.lock.try_acquire()
+            await store.redis.set(store.keys.lock, "someone-else")
+            assert await learner.step_once() == 0
+            assert await store.current() == 0
+            assert await queue.pending() == 4
+            assert not learner.lock.held
+            assert await store.redis.hgetall(store.keys.trained) == {}
+            client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
+            assert (await client.xpending(store.keys.stream, "learners"))["pending"] == 4
+            await client.aclose()
+        finally:
+            await queue.close()
+            await store.close()
+
+    asyncio.run(main())

@@ -1,0 +1,117 @@
+"""Helpers shared by the tests/updates tests: tiny model + flow, settings, Redis prefixes.
+
+The top-level tests/conftest.py is loaded by path under its own module name: other test
+directories have their own conftest.py, so `import conftest` would depend on collection order.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import redis
+
+from flowfield.checkpoint import save_flow
+from flowfield.encoder import LatentEncoder
+from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
+from service.settings import Settings
+from service.updates.types import UpdateSample
+
+REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+FRACTIONS = (0.25, 0.5, 0.75)
+HIDDEN = 32
+VOCAB = 64
+
+
+def _top_conftest():
+    path = Path(__file__).resolve().parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("flowfield_tests_top_conftest", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+save_tiny_model = _top_conftest().save_tiny_model
+
+
+def redis_available() -> bool:
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def new_prefix() -> str:
+    return f"flowfield-test-{uuid.uuid4().hex[:12]}"
+
+
+def delete_prefix(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@dataclass
+class TinyAssets:
+    model_dir: Path
+    flow_dir: Path
+
+
+def make_tiny_assets(root: Path) -> TinyAssets:
+    """A 4-layer llama (hidden 32) and an untrained 2-block flow that fits it."""
+    model_dir = save_tiny_model(root / "model", "llama", layers=4, hidden=HIDDEN)
+    encoder = LatentEncoder(model_dir, FRACTIONS)
+    config = flow_for_encoder(HIDDEN, FRACTIONS, depth=2)
+    meta = FlowMetadata(config=config, encoder=asdict(encoder.identity))
+    flow_dir = save_flow(root / "flow0", FlowNet(config), meta)
+    return TinyAssets(model_dir, flow_dir)
+
+
+def make_settings(assets: TinyAssets, checkpoint_dir: Path, redis_url: str | None = None,
+                  prefix: str = "flowfield", **overrides) -> Settings:
+    values = dict(
+        model_path=assets.model_dir, flow_path=assets.flow_dir, checkpoint_dir=checkpoint_dir,
+        layer_fractions=FRACTIONS, redis_url=redis_url, redis_prefix=prefix,
+        learner_batch=8, learner_block_ms=200, learner_reclaim_idle_ms=500,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def make_samples(n: int, start: int = 0, tag: str = "s") -> list[UpdateSample]:
+    """Distinct, deterministic samples with in-vocabulary token ids."""
+    out = []
+    for i in range(start, start + n):
+        prompt = [2 + (i * 7 + k) % (VOCAB - 2) for k in range(3 + i % 4)]
+        response = [2 + (i * 13 + 5 * k) % (VOCAB - 2) for k in range(2 + i % 5)]
+        out.append(UpdateSample(f"{tag}-{i}", prompt, response, reward=1.0,
+                                weight=1.0 if i % 3 else 0.5))
+    return out
+
+
+def learner_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """FLOWFIELD_* environment for `python -m service.updates.run_learner`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWFIELD_")}
+    env.update({
+        "FLOWFIELD_MODEL_PATH": str(settings.model_path),
+        "FLOWFIELD_FLOW_PATH": str(settings.flow_path),
+        "FLOWFIELD_CHECKPOINT_DIR": str(settings.checkpoint_dir),
+        "FLOWFIELD_REDIS_URL": str(settings.redis_url),
+        "FLOWFIELD_REDIS_PREFIX": settings.redis_prefix,
+        "FLOWFIELD_LEARNER_BATCH": str(settings.learner_batch),
+        "FLOWFIELD_LEARNER_BLOCK_MS": str(settings.learner_block_ms),
+        "FLOWFIELD_LEARNER_RECLAIM_IDLE_MS": str(settings.learner_reclaim_idle_ms),
+        "FLOWFIELD_THREADS": "1",
+        "FLOWFIELD_LOG_LEVEL": "INFO",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
