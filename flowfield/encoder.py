@@ -9,12 +9,21 @@ never run.
 Sequences are right-padded into length-sorted micro-batches. With causal attention a real
 token never attends to a later (padding) position, so a sample's latents do not depend on
 what else is in the batch.
+
+Shared prompts (GRPO groups: several responses to one prompt) are encoded once: the distinct
+prompts run as one padded batch that keeps the keys and values of blocks 0..deepest (KV
+cache); each group's responses then run as a continuation of that cache, with the prompt's
+columns in the attention mask and positions counted on from the prompt's end. The latents
+are the same as running every prompt + response in full (checked once per model at load
+time; architectures whose cache is not a plain growing one, e.g. sliding-window layers, keep
+the plain path).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 from collections.abc import Sequence
@@ -23,7 +32,16 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedTokenizerBase,
+)
+from transformers.cache_utils import DynamicLayer
+
+log = logging.getLogger("flowfield.encoder")
 
 DEFAULT_LAYER_FRACTIONS = (0.25, 0.5, 0.75)
 
@@ -135,7 +153,9 @@ class LatentEncoder:
         name: str | None = None,
         revision: str | None = None,
         max_batch_tokens: int = 16384,
+        share_prompts: bool = True,
     ) -> None:
+        """share_prompts: encode a prompt shared by several samples once (KV reuse)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -175,6 +195,10 @@ class LatentEncoder:
         self._deepest = max(self.layers)
         for i in self.layers:
             self._blocks[i].register_forward_hook(self._make_hook(i))
+        pad = self.tokenizer.pad_token_id
+        self._pad = 0 if pad is None else int(pad)
+        # may be switched off by hand (benchmarks); only switched on where it is known to work
+        self.share_prompts = share_prompts and self._prompt_sharing_works()
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
@@ -185,12 +209,13 @@ class LatentEncoder:
 
         return hook
 
-    @torch.inference_mode()
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Residual stream after each hooked block: [L, B, T, d], right-padded input."""
+    def _forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
+        """Run the model up to the deepest hooked block: latents [L, B, T, d]."""
         self._local.captured = captured = {}
         try:
-            self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         except _StopForward:
             pass
         else:  # pragma: no cover - the hook always fires
@@ -198,6 +223,11 @@ class LatentEncoder:
         finally:
             self._local.captured = {}
         return torch.stack([captured[i] for i in self.layers])
+
+    @torch.inference_mode()
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Residual stream after each hooked block: [L, B, T, d], right-padded input."""
+        return self._forward(input_ids, attention_mask, use_cache=False)
 
     def tokenize(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
         """Token ids for a text sample; the response is tokenised on its own, as generated."""
@@ -223,6 +253,16 @@ class LatentEncoder:
             batches.append(cur)
         return batches
 
+    def _right_pad(self, seqs: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, right-padded: [B, T] each, on the model's device."""
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, s in enumerate(seqs):
+            ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[row, : len(s)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
     @torch.inference_mode()
     def encode(
         self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
@@ -233,41 +273,181 @@ class LatentEncoder:
         """
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
+        prompts = [list(p) for p in prompts]
+        responses = [list(r) for r in responses]
         n = len(prompts)
-        lengths = [len(p) + len(r) for p, r in zip(prompts, responses)]
-        per_sample: list[torch.Tensor | None] = [None] * n  # [L, R + 2, d] each
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None else int(pad)
-        for batch in self.micro_batches(lengths):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                seq = list(prompts[i]) + list(responses[i])
-                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[row, : len(seq)] = 1
-            hs = self.hidden_states(ids.to(self.device), mask.to(self.device))  # [L, B, T, d]
-            for row, i in enumerate(batch):
-                p, r = len(prompts[i]), len(responses[i])
-                # positions p-1 .. p+r-1, with a zero row where p == 0, plus a zero row after
-                span = hs[:, row, max(p - 1, 0) : p + r]
-                pieces = [span]
-                if p == 0:
-                    pieces.insert(0, torch.zeros_like(hs[:, row, :1]))
-                pieces.append(torch.zeros_like(hs[:, row, :1]))
-                per_sample[i] = torch.cat(pieces, dim=1)
-        d = self.hidden_size
-        L = len(self.layers)
+        # per sample: [L, R + 2, d] = latent before the first response token (zero without a
+        # prompt), the R response latents, a zero row after the end
+        per_sample: list[torch.Tensor | None] = [None] * n
+        groups = self._shared_prompt_groups(prompts, responses) if self.share_prompts else []
+        grouped = {i for g in groups for i in g}
+        alone = [i for i in range(n) if i not in grouped]
+        self._encode_alone(alone, prompts, responses, per_sample)
+        self._encode_groups(groups, prompts, responses, per_sample)
+        return self._pack(per_sample, responses)
+
+    def _pack(
+        self, per_sample: list[torch.Tensor | None], responses: list[list[int]]
+    ) -> EncodedBatch:
+        d, L = self.hidden_size, len(self.layers)
         offsets = [0]
         for r in responses:
             offsets.append(offsets[-1] + len(r))
-        if n == 0 or offsets[-1] == 0:
+        if not responses or offsets[-1] == 0:
             empty = torch.zeros((L, 0, d), dtype=self.dtype, device=self.device)
             return EncodedBatch(empty, empty, empty, offsets)
         h = torch.cat([s[:, 1:-1] for s in per_sample], dim=1)
         prev = torch.cat([s[:, :-2] for s in per_sample], dim=1)
         nxt = torch.cat([s[:, 2:] for s in per_sample], dim=1)
         return EncodedBatch(h, prev, nxt, offsets)
+
+    def _encode_alone(
+        self,
+        samples: list[int],
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        per_sample: list[torch.Tensor | None],
+    ) -> None:
+        """The plain path: each sample's prompt + response in full, length-sorted batches."""
+        lengths = [len(prompts[i]) + len(responses[i]) for i in samples]
+        for batch in self.micro_batches(lengths):
+            rows = [samples[b] for b in batch]
+            if lengths[batch[0]] == 0:  # nothing to run: no prompt and no response
+                shape = (len(self.layers), 2, self.hidden_size)
+                for i in rows:
+                    per_sample[i] = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                continue
+            ids, mask = self._right_pad([prompts[i] + responses[i] for i in rows])
+            hs = self._forward(ids, mask, use_cache=False)  # [L, B, T, d]
+            zero = torch.zeros_like(hs[:, 0, :1])  # [L, 1, d]
+            for row, i in enumerate(rows):
+                p, r = len(prompts[i]), len(responses[i])
+                # positions p-1 .. p+r-1, with a zero row where p == 0, plus a zero row after
+                span = hs[:, row, max(p - 1, 0) : p + r]
+                pieces = [zero, span, zero] if p == 0 else [span, zero]
+                per_sample[i] = torch.cat(pieces, dim=1)
+
+    @staticmethod
+    def _shared_prompt_groups(
+        prompts: list[list[int]], responses: list[list[int]]
+    ) -> list[list[int]]:
+        """Sample indices by identical non-empty prompt, for prompts shared by 2+ samples."""
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            if p and r:
+                by_prompt.setdefault(tuple(p), []).append(i)
+        return [g for g in by_prompt.values() if len(g) >= 2]
+
+    def _encode_groups(
+        self,
+        groups: list[list[int]],
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        per_sample: list[torch.Tensor | None],
+    ) -> None:
+        """Shared-prompt path: each distinct prompt runs once, its responses continue from it.
+
+        Groups go in chunks whose padded prompts fit one batch; within a chunk, the responses
+        of all its groups are length-sorted into batches, each row continuing from its own
+        group's cached prompt.
+        """
+        prompt_lengths = [len(prompts[g[0]]) for g in groups]
+        for chunk in self.micro_batches(prompt_lengths):
+            kv, prompt_mask, last = self._prompt_pass([prompts[groups[c][0]] for c in chunk])
+            members = [(i, k) for k, c in enumerate(chunk) for i in groups[c]]
+            for batch in self.micro_batches([len(responses[i]) for i, _ in members]):
+                rows = [members[b][0] for b in batch]
+                owner = torch.tensor([members[b][1] for b in batch], device=self.device)
+                hs = self._response_pass(kv, prompt_mask, owner, [responses[i] for i in rows])
+                zero = torch.zeros_like(hs[:, 0, :1])  # [L, 1, d]
+                for row, i in enumerate(rows):
+                    before = last[:, members[batch[row]][1], None]  # [L, 1, d] last prompt token
+                    span = hs[:, row, : len(responses[i])]  # [L, R, d]
+                    per_sample[i] = torch.cat([before, span, zero], dim=1)
+
+    def _prompt_pass(
+        self, prompts: list[list[int]]
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, torch.Tensor]:
+        """Run G distinct prompts once, right-padded, keeping the cache of blocks 0..deepest.
+
+        Returns kv (per block 0..deepest: keys, values [G, H, P, dh]), the prompts' attention
+        mask [G, P] and the latents at each prompt's last position [L, G, d].
+        """
+        ids, mask = self._right_pad(prompts)  # [G, P]
+        cache = DynamicCache(config=self.config)
+        # the early stop fires after block `deepest` has written its keys and values
+        hs = self._forward(ids, mask, past_key_values=cache, use_cache=True)  # [L, G, P, d]
+        kv = [(cache.layers[b].keys, cache.layers[b].values) for b in range(self._deepest + 1)]
+        rows = torch.arange(len(prompts), device=self.device)
+        last = hs[:, rows, mask.sum(dim=1) - 1]  # [L, G, d]
+        return kv, mask, last
+
+    def _response_pass(
+        self,
+        kv: list[tuple[torch.Tensor, torch.Tensor]],
+        prompt_mask: torch.Tensor,
+        owner: torch.Tensor,
+        responses: list[list[int]],
+    ) -> torch.Tensor:
+        """Responses continuing from their group's cached prompt: latents [L, B, R, d].
+
+        owner[b] is the prompt (row of kv / prompt_mask) that response b continues.
+        """
+        ids, resp_mask = self._right_pad(responses)  # [B, R]
+        prompt_mask = prompt_mask[owner]  # [B, P]
+        width = int(prompt_mask.sum(dim=1).max())  # prompts are right-padded: drop unused columns
+        prompt_mask = prompt_mask[:, :width]
+        cache = DynamicCache(config=self.config)
+        for block, (k, v) in enumerate(kv):
+            cache.update(k[owner, :, :width], v[owner, :, :width], block)  # [B, H, P, dh]
+        mask = torch.cat([prompt_mask, resp_mask], dim=1)  # [B, P + R]; holes = prompt padding
+        steps = torch.arange(ids.shape[1], device=self.device)
+        positions = prompt_mask.sum(dim=1, keepdim=True) + steps  # [B, R], after each prompt
+        return self._forward(
+            ids, mask, past_key_values=cache, use_cache=True, position_ids=positions
+        )
+
+    def _prompt_sharing_works(self) -> bool:
+        """Whether encoding shared prompts once gives this model's plain-path latents.
+
+        Needs a plain growing key/value cache in blocks 0..deepest (sliding-window or
+        linear-attention layers keep only part of the past, so they are refused), and is then
+        checked once on a tiny input with two groups of different prompt lengths.
+        """
+        try:
+            cache_layers = DynamicCache(config=self.config).layers
+        except Exception as e:  # an architecture the cache API does not know
+            log.info("prompt sharing off for %s: %s", self.identity.model_type, e)
+            return False
+        if any(type(layer) is not DynamicLayer for layer in cache_layers[: self._deepest + 1]):
+            log.info(
+                "prompt sharing off for %s: its key/value cache is not a plain growing one "
+                "(sliding-window or linear-attention layers)",
+                self.identity.model_type,
+            )
+            return False
+        v = self.vocab_size
+        prompts = [[3 % v, 4 % v, 5 % v]] * 2 + [[6 % v, 7 % v]] * 2
+        responses = [[8 % v], [9 % v, 10 % v, 11 % v], [12 % v, 13 % v], [14 % v]]
+        try:
+            with torch.inference_mode():
+                plain: list[torch.Tensor | None] = [None] * 4
+                shared: list[torch.Tensor | None] = [None] * 4
+                self._encode_alone(list(range(4)), prompts, responses, plain)
+                self._encode_groups([[0, 1], [2, 3]], prompts, responses, shared)
+        except Exception as e:
+            log.warning("prompt sharing off for %s: %s", self.identity.model_type, e)
+            return False
+        tol = 1e-4 if self.dtype == torch.float32 else 5e-2
+        for a, b in zip(plain, shared):
+            scale = float(a.abs().max()) + 1.0
+            if a.shape != b.shape or float((a - b).abs().max()) > tol * scale:
+                log.warning(
+                    "prompt sharing off for %s: its latents differ from the plain path",
+                    self.identity.model_type,
+                )
+                return False
+        return True
 
 
 def _model_name(path: Path) -> str:

@@ -5,12 +5,28 @@ The console script points here, so the library package never imports the service
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import typer
+import uvicorn
 
 from flowfield.cli import app
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn.Server that exits 0 after a SIGTERM/SIGINT drain.
+
+    uvicorn re-raises the caught signal once its graceful shutdown is over, which makes a
+    clean, drained stop look like a kill (exit -15) to supervisors and tests.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 @app.command()
@@ -24,8 +40,6 @@ def serve(
     log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING"),
 ) -> None:
     """Start the reward service (uvicorn). SIGTERM drains in-flight requests, then exits."""
-    import uvicorn
-
     from service.app import create_app
     from service.logs import setup_logging
     from service.settings import Settings
@@ -54,7 +68,7 @@ def serve(
         timeout_graceful_shutdown=30,
         access_log=False,
     )
-    uvicorn.Server(config).run()
+    DrainingServer(config).run()
 
 
 @app.command()

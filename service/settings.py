@@ -43,48 +43,58 @@ class Settings(BaseSettings):
     model_name: str | None = Field(None, description="model id reported in responses")
     model_revision: str | None = Field(None, description="revision reported in responses")
     flow_path: Path = Field(DEMO_ASSETS / "flow", description="initial flow checkpoint")
-    layer_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    device: str = "cpu"
+    layer_fractions: tuple[float, ...] = Field(
+        (0.25, 0.5, 0.75), description="hooked depth fractions (JSON list)"
+    )
+    device: str = Field("cpu", description="cpu or cuda (bf16 on cuda)")
     threads: int = Field(0, description="torch CPU threads (0 = torch default)")
-    noise_seed: int = 0
+    noise_seed: int = Field(0, description="seed of the fixed noise bank (deterministic rewards)")
 
     # scoring defaults (RLFR.md numbers)
-    normalization: str = "bilateral"
-    beta: float = 0.01
-    threshold: float = 0.6
-    top_k: int = 15
-    timesteps: tuple[float, ...] = (0.8,)
-    noise_draws: int = 1
+    normalization: str = Field("bilateral", description="default: bilateral or unilateral")
+    beta: float = Field(0.01, description="default reward scale: r = -beta * s")
+    threshold: float = Field(0.6, description="default eta: zero tokens with |s| <= eta")
+    top_k: int = Field(15, description="default K: keep at most K tokens (0 = all)")
+    timesteps: tuple[float, ...] = Field(
+        (0.8,), description="default rewarding timesteps (JSON list)"
+    )
+    noise_draws: int = Field(1, description="default noise draws per token and timestep")
 
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = 8000
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, description="bind port")
     score_api_key: SecretStr | None = Field(None, description="key for read/score endpoints")
     update_api_key: SecretStr | None = Field(None, description="key for /update and /v1/policy")
-    max_body_bytes: int = 8 * 1024 * 1024
-    max_samples: int = 1024
-    max_tokens_per_sample: int = 4096
+    max_body_bytes: int = Field(8 * 1024 * 1024, description="larger bodies get 413")
+    max_samples: int = Field(1024, description="samples per request (422 above)")
+    max_tokens_per_sample: int = Field(4096, description="prompt + response tokens (422 above)")
 
     # scheduler
-    batch_max_tokens: int = 32768
-    batch_wait_ms: float = 5.0
-    queue_max_samples: int = 8192
+    batch_max_tokens: int = Field(32768, description="tokens per scoring batch")
+    batch_wait_ms: float = Field(5.0, description="how long a batch waits for more requests")
+    queue_max_samples: int = Field(8192, description="queued samples before 429")
 
     # updates and learner
-    redis_url: str | None = None
-    redis_prefix: str = "flowfield"
+    redis_url: str | None = Field(
+        None, description="durable queue + shared version (e.g. redis://host:6379/0)"
+    )
+    redis_prefix: str = Field("flowfield", description="prefix of every Redis key")
     checkpoint_dir: Path = Field(Path("runs/checkpoints"), description="versioned flows")
-    accept_threshold: float = 1.0
+    accept_threshold: float = Field(
+        1.0, description="/update trains on samples with reward >= this"
+    )
     learner: bool = Field(True, description="run the learner inside the serving process")
-    learner_batch: int = 64
-    learner_lr: float = 1e-4
-    learner_min_lr: float = 1e-5
-    learner_horizon: int = 1000
-    learner_block_ms: int = 1000
-    learner_reclaim_idle_ms: int = 30000
-    update_id_ttl_s: int = 7 * 24 * 3600
+    learner_batch: int = Field(64, description="samples per online refinement step")
+    learner_lr: float = Field(1e-4, description="online Adam learning rate (betas 0.9, 0.95)")
+    learner_min_lr: float = Field(1e-5, description="cosine floor of the online learning rate")
+    learner_horizon: int = Field(1000, description="steps of the online cosine schedule")
+    learner_block_ms: int = Field(1000, description="learner wait for new samples per read")
+    learner_reclaim_idle_ms: int = Field(
+        30000, description="reclaim entries a dead learner left after this idle time"
+    )
+    update_id_ttl_s: int = Field(7 * 24 * 3600, description="how long update_ids are remembered")
 
-    log_level: str = "INFO"
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
 
     @field_validator("normalization")
     @classmethod

@@ -6,7 +6,13 @@ the stand-alone `flowfield learn` process) runs a `Learner`; scorers follow `Flo
 
 from service.updates.flowstore import CommitConflict, FlowStore
 from service.updates.learner import Learner, LearnerConfigError, default_consumer_name
-from service.updates.queue import InProcessQueue, RedisStreamQueue, UpdateQueue, make_queue
+from service.updates.queue import (
+    InProcessQueue,
+    QueueUnavailable,
+    RedisStreamQueue,
+    UpdateQueue,
+    make_queue,
+)
 from service.updates.types import EnqueueResult, Entry, UpdateSample
 
 __all__ = [
@@ -17,6 +23,7 @@ __all__ = [
     "InProcessQueue",
     "Learner",
     "LearnerConfigError",
+    "QueueUnavailable",
     "RedisStreamQueue",
     "UpdateQueue",
     "UpdateSample",

@@ -31,6 +31,8 @@ import socket
 import threading
 import time
 import uuid
+from concurrent.futures import Executor
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
@@ -165,11 +167,14 @@ class Learner:
     def __init__(self, encoder: LatentEncoder, store: FlowStore, queue: UpdateQueue,
                  settings: Any, consumer_name: str | None = None, *,
                  lock: LearnerLock | None = None, lock_ttl_ms: int = 10_000,
+                 executor: Executor | None = None,
                  encoder_lock: threading.Lock | None = None,
                  pause_before_commit_s: float = 0.0) -> None:
-        """encoder_lock: held around the encoder forward+backward; pass the scorer's lock
-        when the encoder object is shared with a scheduler in the same process."""
-        self.encoder = encoder
+        """In the serving process the encoder is shared with the scorer, and LatentEncoder is
+        not safe to run from two threads at once: pass the scheduler's single model-thread
+        `executor` (the training step then runs between scoring batches) or an `encoder_lock`
+        the scorer also holds. Without either, steps run in asyncio.to_thread."""
+        self._encoder = encoder
         self.store = store
         self.queue = queue
         self.settings = settings
@@ -178,6 +183,7 @@ class Learner:
             lock = (RedisLock(store.redis, store.keys.lock, lock_ttl_ms)
                     if store.redis is not None else NullLock())
         self.lock = lock
+        self.executor = executor
         self.encoder_lock = encoder_lock
         self.pause_before_commit_s = pause_before_commit_s  # test hook: the crash window
         self.batch_size = max(1, int(settings.learner_batch))
@@ -189,6 +195,17 @@ class Learner:
         self._refiner: OnlineRefiner | None = None
         self._held: list[Entry] = []  # read but not yet committed (kept across a failed step)
         self._keepalive: asyncio.Task | None = None
+
+    @property
+    def encoder(self) -> LatentEncoder:
+        return self._encoder
+
+    @encoder.setter
+    def encoder(self, encoder: LatentEncoder) -> None:
+        """A reloaded policy: the next step rebuilds the refiner (from the published version)
+        on the new encoder's latents."""
+        self._encoder = encoder
+        self._refiner = None
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -262,6 +279,8 @@ class Learner:
             raise LearnerConfigError(f"cannot load flow version {version}: {e}") from e
         state = await asyncio.to_thread(self.store.load_learner_state, version)
         meta.version = version
+        # versions trained from here on are trained on this encoder's latents
+        meta.encoder = {**meta.encoder, **asdict(self.encoder.identity)}
         s = self.settings
         refiner = OnlineRefiner(self.encoder, net, meta, lr=s.learner_lr, min_lr=s.learner_min_lr,
                                 horizon=s.learner_horizon, timesteps=s.timesteps)
@@ -291,7 +310,13 @@ class Learner:
 
         refiner = self._refiner
         assert refiner is not None
-        loss, meta = await asyncio.to_thread(self._train_and_write, refiner, valid)
+        if self.executor is not None:
+            loop = asyncio.get_running_loop()
+            loss, meta = await loop.run_in_executor(
+                self.executor, self._train_and_write, refiner, valid
+            )
+        else:
+            loss, meta = await asyncio.to_thread(self._train_and_write, refiner, valid)
         if self.pause_before_commit_s > 0:
             log.info("test hook: pausing %.1fs before commit version=%d",
                      self.pause_before_commit_s, meta.version)
@@ -403,7 +428,7 @@ class Learner:
     async def _set_pending(self) -> None:
         try:
             n = await self.queue.pending()
-        except RedisError:
+        except (RedisError, ConnectionError):  # QueueUnavailable: keep the last value
             return
         self.stats["pending"] = n
         PENDING_SAMPLES.set(n)

@@ -25,10 +25,21 @@ from collections import OrderedDict, deque
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.updates.keys import GROUP, RedisKeys, text
 from service.updates.types import EnqueueResult, Entry, UpdateSample
+
+
+class QueueUnavailable(ConnectionError):
+    """The queue's backend could not be reached; answer 503 and let the client retry.
+
+    A builtin ConnectionError, so callers need not know about redis. If the connection broke
+    after Redis ran the enqueue script, the samples are queued and the retry (same update_id)
+    answers duplicate=True: never queued twice, never lost.
+    """
 
 
 @runtime_checkable
@@ -202,15 +213,21 @@ class RedisStreamQueue:
 
     async def enqueue(self, update_id: str, samples: list[UpdateSample]) -> EnqueueResult:
         args = [self._ttl, GROUP, *(s.to_json() for s in samples)]
-        duplicate, length = await self._enqueue(
-            keys=[self.keys.update(update_id), self.keys.stream], args=args
-        )
+        try:
+            duplicate, length = await self._enqueue(
+                keys=[self.keys.update(update_id), self.keys.stream], args=args
+            )
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise QueueUnavailable(f"redis: {e}") from e
         if duplicate:
             return EnqueueResult(accepted=0, duplicate=True, pending=int(length))
         return EnqueueResult(accepted=len(samples), duplicate=False, pending=int(length))
 
     async def pending(self) -> int:
-        return int(await self.client.xlen(self.keys.stream))
+        try:
+            return int(await self.client.xlen(self.keys.stream))
+        except (RedisConnectionError, RedisTimeoutError) as e:
+            raise QueueUnavailable(f"redis: {e}") from e
 
     async def read(self, consumer: str, count: int, block_ms: int) -> list[Entry]:
         if count <= 0:

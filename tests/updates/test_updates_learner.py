@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis.asyncio as aioredis
@@ -107,12 +108,24 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
                 assert trained == {f"s-{i}": "1" for i in range(20)}
 
             # a restarted learner continues from the published version and optimiser state
+            # (in the serving process the step runs on the scorer's single model thread)
             await queue.enqueue("u3", make_samples(5, start=20))
-            again = Learner(encoder, store, queue, settings, "learner-2")
-            await drain([again], queue)
+            with ThreadPoolExecutor(max_workers=1) as model_thread:
+                again = Learner(encoder, store, queue, settings, "learner-2",
+                                executor=model_thread)
+                await drain([again], queue)
             assert await store.current() == version + 1
             assert again.stats["steps"] == version + 1
             assert read_metadata(store.path(version + 1)).samples_trained == 25
+
+            # a reloaded policy: the next step rebuilds the refiner on the new encoder
+            again.encoder = LatentEncoder(encoder.path, FRACTIONS, revision="step-2")
+            assert again._refiner is None
+            await queue.enqueue("u4", make_samples(2, start=25))
+            await drain([again], queue)
+            assert await store.current() == version + 2
+            meta = read_metadata(store.path(version + 2))
+            assert meta.samples_trained == 27 and meta.encoder["revision"] == "step-2"
         finally:
             await queue.close()
             await store.close()
@@ -204,6 +217,36 @@ def test_lost_lock_cannot_publish(assets, encoder, tmp_path, prefix):
             client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
             assert (await client.xpending(store.keys.stream, "learners"))["pending"] == 4
             await client.aclose()
+        finally:
+            await queue.close()
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_directory_in_the_way_is_cleaned_and_batch_retrained(settings, encoder):
+    """A stale learner's unpublished v1 blocks the write (never overwritten); the learner
+    keeps the batch, reloads, removes the orphan as lock holder and trains it once."""
+
+    async def main() -> None:
+        queue = make_queue(settings)
+        store = FlowStore.from_settings(settings)
+        try:
+            learner = Learner(encoder, store, queue, settings, "learner-1")
+            assert await learner.step_once() == 0  # loads version 0, queue empty
+            net, meta = store.load(0)
+            meta.version = 1
+            store.write(net, meta, None)
+            await queue.enqueue("u1", make_samples(4))
+            with pytest.raises(FileExistsError):
+                await learner.step_once()
+            assert await store.current() == 0 and await queue.pending() == 4
+            await drain([learner], queue)
+            assert await store.current() == 1
+            assert read_metadata(store.path(1)).samples_trained == 4
+            if settings.redis_url:
+                trained = await store.redis.hgetall(store.keys.trained)
+                assert trained == {f"s-{i}": "1" for i in range(4)}
         finally:
             await queue.close()
             await store.close()

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 from updates_support import REDIS_URL, delete_prefix, make_samples, new_prefix, redis_available
 
 from service.updates.keys import GROUP, RedisKeys
-from service.updates.queue import InProcessQueue, RedisStreamQueue, UpdateQueue, make_queue
+from service.updates.queue import (
+    InProcessQueue,
+    QueueUnavailable,
+    RedisStreamQueue,
+    UpdateQueue,
+    make_queue,
+)
 from service.updates.types import UpdateSample
 
 needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
@@ -206,3 +212,19 @@ def test_sample_json_round_trip(sample_id, prompt, response, reward, weight):
     s = UpdateSample(sample_id, prompt, response, reward, weight)
     assert UpdateSample.from_json(s.to_json()) == s
     assert UpdateSample.from_json(s.to_json().encode()) == s
+
+
+def test_unreachable_redis_is_a_builtin_connection_error():
+    """The HTTP layer maps ConnectionError to 503 + Retry-After without importing redis."""
+
+    async def main() -> None:
+        q = RedisStreamQueue.from_url("redis://127.0.0.1:1/0", new_prefix(), 5)
+        try:
+            with pytest.raises(ConnectionError):
+                await q.enqueue("u", make_samples(1))
+            with pytest.raises(QueueUnavailable):
+                await q.pending()
+        finally:
+            await q.close()
+
+    asyncio.run(main())

@@ -1,18 +1,14 @@
-"""Helpers shared by the tests/updates tests: tiny model + flow, settings, Redis prefixes.
-
-The top-level tests/conftest.py is loaded by path under its own module name: other test
-directories have their own conftest.py, so `import conftest` would depend on collection order.
-"""
+"""Helpers shared by the tests/updates tests: tiny model + flow, settings, Redis prefixes."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import redis
+from helpers import save_tiny_model  # tests/helpers.py; tests/ is on sys.path
 
 from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
@@ -24,18 +20,6 @@ REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 FRACTIONS = (0.25, 0.5, 0.75)
 HIDDEN = 32
 VOCAB = 64
-
-
-def _top_conftest():
-    path = Path(__file__).resolve().parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("flowfield_tests_top_conftest", path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-save_tiny_model = _top_conftest().save_tiny_model
 
 
 def redis_available() -> bool:

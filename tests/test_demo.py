@@ -1,0 +1,90 @@
+"""The bundled demo: task, tokenizer, policy (30-70% right at T=1) and flow (learned signal)."""
+
+import random
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from flowfield.checkpoint import load_flow
+from flowfield.demo.check import clean_vs_corrupted
+from flowfield.demo.data import corrupt_digits
+from flowfield.demo.policy import sample_rollouts
+from flowfield.demo.task import (
+    Problem,
+    expert_solution,
+    first_error,
+    parse_answer,
+    split_problems,
+    verify,
+)
+from flowfield.demo.tokenizer import build_tokenizer
+from flowfield.encoder import LatentEncoder
+from flowfield.scorer import FlowScorer
+from service.settings import DEMO_ASSETS
+
+
+def test_expert_solution_and_verifier():
+    p = Problem(1234, 5678)
+    s = expert_solution(p)
+    assert s == "4+8+0=12,3+7+1=11,2+6+1=09,1+5+0=06,A:6912."
+    assert verify(p, s) == 1.0 and parse_answer(s) == 6912
+    assert expert_solution(Problem(9999, 1)).endswith("A:10000.")
+    assert verify(p, s.replace("6912", "6913")) == 0.0
+    assert verify(p, "garbage") == 0.0 and parse_answer("A:12") == 12
+
+
+def test_first_error():
+    p = Problem(1234, 5678)
+    s = expert_solution(p)
+    assert first_error(p, s) is None
+    assert first_error(p, s[:5] + "9" + s[6:]) == 5
+    assert first_error(p, s[:10]) == 10  # cut short
+    assert first_error(p, s + "x") == len(s)
+
+
+def test_splits_are_disjoint_and_stable():
+    a, b, c = split_problems(0)
+    assert not (set(a) & set(b)) and not (set(a) & set(c)) and not (set(b) & set(c))
+    assert split_problems(0)[2][:5] == c[:5]
+
+
+def test_corrupt_digits_changes_exactly_n_digits():
+    s = expert_solution(Problem(1234, 5678))
+    bad = corrupt_digits(s, 3, random.Random(0))
+    assert len(bad) == len(s) and sum(x != y for x, y in zip(s, bad)) == 3
+
+
+def test_tokenizer_is_character_level_and_round_trips():
+    tok = build_tokenizer()
+    text = Problem(12, 3400).prompt + expert_solution(Problem(12, 3400))
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text) and tok.decode(ids) == text
+    saved = AutoTokenizer.from_pretrained(DEMO_ASSETS / "policy")
+    assert saved(text, add_special_tokens=False)["input_ids"] == ids
+
+
+@pytest.mark.slow
+def test_bundled_policy_is_right_30_to_70_percent_at_temperature_1():
+    model = AutoModelForCausalLM.from_pretrained(DEMO_ASSETS / "policy")
+    tok = AutoTokenizer.from_pretrained(DEMO_ASSETS / "policy")
+    _, _, held_out = split_problems(0)
+    rollouts = sample_rollouts(model, tok, held_out[:300], temperature=1.0, seed=1)
+    acc = sum(r.reward for r in rollouts) / len(rollouts)
+    assert 0.3 <= acc <= 0.7, acc
+    greedy = sample_rollouts(model, tok, held_out[:100], temperature=1e-4, seed=1)
+    assert sum(r.reward for r in greedy) / 100 > acc  # sampling noise causes the errors
+    wrong = [r for r in rollouts if r.reward == 0]
+    assert all(r.first_error is not None for r in wrong)
+
+
+@pytest.mark.slow
+def test_bundled_flow_finds_corrupted_solutions_harder_to_explain():
+    enc = LatentEncoder(DEMO_ASSETS / "policy")
+    net, meta = load_flow(DEMO_ASSETS / "flow", enc.identity, enc.layer_fractions)
+    assert meta.samples_trained == 4000 and meta.config.context == "next"
+    res = clean_vs_corrupted(FlowScorer(enc, net, meta), n=200, digits=3)
+    print(f"held-out expert mean deviation {res.clean:.3f}, "
+          f"with 3 digits corrupted {res.corrupted:.3f} (x{res.ratio:.2f}); "
+          f"{res.frac_pairs_corrupted_higher:.0%} of pairs higher when corrupted")
+    assert res.ratio > 1.3
+    assert res.frac_pairs_corrupted_higher > 0.9
