@@ -6,7 +6,6 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-
 from server import Server
 from service_helpers import demo_sample
 

@@ -6,10 +6,10 @@ import shutil
 import time
 
 import pytest
-
 from server import Server
-from service.settings import DEMO_ASSETS
 from service_helpers import demo_sample
+
+from service.settings import DEMO_ASSETS
 
 
 @pytest.fixture(scope="module")

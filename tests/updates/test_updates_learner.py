@@ -110,10 +110,9 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
             # a restarted learner continues from the published version and optimiser state
             # (in the serving process the step runs on the scorer's single model thread)
             await queue.enqueue("u3", make_samples(5, start=20))
-            with ThreadPoolExecutor(max_workers=1) as model_thread:
-                again = Learner(encoder, store, queue, settings, "learner-2",
-                                executor=model_thread)
-                await drain([again], queue)
+            model_thread = ThreadPoolExecutor(max_workers=1)
+            again = Learner(encoder, store, queue, settings, "learner-2", executor=model_thread)
+            await drain([again], queue)
             assert await store.current() == version + 1
             assert again.stats["steps"] == version + 1
             assert read_metadata(store.path(version + 1)).samples_trained == 25
@@ -123,6 +122,7 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
             assert again._refiner is None
             await queue.enqueue("u4", make_samples(2, start=25))
             await drain([again], queue)
+            model_thread.shutdown()
             assert await store.current() == version + 2
             meta = read_metadata(store.path(version + 2))
             assert meta.samples_trained == 27 and meta.encoder["revision"] == "step-2"
