@@ -7,6 +7,7 @@ encoder latents at hooked layers (response tokens only, forward stopped early)
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -55,7 +56,11 @@ class FlowScorer:
         """noise: share a bank between scorers (e.g. across flow versions) to reuse its cache."""
         check_compatible(meta, encoder.identity, encoder.layer_fractions)
         self.encoder = encoder
-        self.flow = flow.to(device=encoder.device, dtype=encoder.dtype).eval()
+        p = next(flow.parameters())
+        if p.dtype != encoder.dtype or p.device != encoder.device:
+            # nn.Module.to works in place: cast a copy so the caller's flow is untouched
+            flow = copy.deepcopy(flow).to(device=encoder.device, dtype=encoder.dtype)
+        self.flow = flow.eval()
         self.meta = meta
         self.noise = noise if noise is not None else NoiseBank(encoder.hidden_size, noise_seed)
 

@@ -105,3 +105,21 @@ def test_score_options_validate():
         ScoreOptions(timesteps=(1.0,))
     with pytest.raises(ValueError):
         ScoreOptions(noise_draws=0)
+
+
+def test_bf16_path_matches_float32_within_bf16_precision(llama_dir):
+    # the GPU serving dtype, exercised on the CPU: encoder and flow in bfloat16
+    enc32 = LatentEncoder(llama_dir)
+    enc16 = LatentEncoder(llama_dir, dtype=torch.bfloat16)
+    prompts, responses = random_samples(4, seed=6)
+    h32 = enc32.encode(prompts, responses).h
+    h16 = enc16.encode(prompts, responses).h
+    assert h16.dtype == torch.bfloat16
+    rel = (h16.float() - h32).norm() / h32.norm()
+    assert rel < 0.05, rel
+    scorer = _trained_looking_scorer(llama_dir)
+    s16 = FlowScorer(enc16, scorer.flow, scorer.meta)
+    d32 = torch.cat(scorer.deviations(prompts, responses))
+    d16 = torch.cat(s16.deviations(prompts, responses))
+    assert d16.dtype == torch.float32 and torch.isfinite(d16).all()
+    assert ((d16 - d32).abs() / d32.abs()).median() < 0.1
