@@ -92,6 +92,11 @@ class Settings(BaseSettings):
     learner_reclaim_idle_ms: int = Field(
         30000, description="reclaim entries a dead learner left after this idle time"
     )
+    learner_lock_ttl_ms: int = Field(
+        10000, description="a learner that stops renewing its lock loses it after this"
+    )
+    learner_name: str | None = Field(None, description="learner consumer name (default host-pid)")
+    keep_versions: int = Field(5, description="published flow versions kept on disk")
     update_id_ttl_s: int = Field(7 * 24 * 3600, description="how long update_ids are remembered")
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")

@@ -68,7 +68,11 @@ class ServiceState:
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._watch_versions(), name="flow-watch"))
         if s.learner:
-            self.learner = Learner(encoder, self.store, self.queue, s)
+            # training steps run on the model thread, between scoring batches: one device,
+            # one queue of work, no oversubscribed CPU cores
+            self.learner = Learner(encoder, self.store, self.queue, s, s.learner_name,
+                                   lock_ttl_ms=s.learner_lock_ttl_ms,
+                                   executor=self.scheduler.executor)
             self._tasks.append(asyncio.create_task(self.learner.run(self._stop), name="learner"))
         self.ready = True
         log.info(

@@ -11,6 +11,7 @@ from service.auth import require_score, require_update
 from service.errors import ApiError
 from service.schemas import ErrorResponse, FlowInfo, PolicyRequest, PolicyResponse
 from service.state import ServiceState, get_state
+from service.updates.queue import QueueUnavailable
 
 router = APIRouter(tags=["flow"])
 
@@ -32,9 +33,18 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
         },
         samples_trained=meta.samples_trained,
         last_update=stats.get("last_update") or (meta.created_at or None),
-        pending=await state.queue.pending(),
+        pending=await _pending(state),
         queue_backend=state.queue_backend,
     )
+
+
+async def _pending(state: ServiceState) -> int:
+    try:
+        return await state.queue.pending()
+    except QueueUnavailable as e:
+        raise ApiError(
+            503, "queue_unavailable", f"update queue unavailable: {e}", headers={"Retry-After": "2"}
+        ) from None
 
 
 @router.post(

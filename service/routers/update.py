@@ -13,6 +13,7 @@ from service.samples import check_request_limits, resolve_ids, sample_problem
 from service.schemas import ErrorResponse, UpdateRequest, UpdateResponse
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
+from service.updates.queue import QueueUnavailable
 from service.updates.types import UpdateSample
 
 router = APIRouter(tags=["update"], dependencies=[Depends(require_update)])
@@ -57,7 +58,7 @@ async def update(
     skipped = len(req.samples) - len(accepted)
     try:
         res = await state.queue.enqueue(update_id, accepted)
-    except ConnectionError as e:  # Redis unreachable: nothing was queued, say so
+    except QueueUnavailable as e:  # Redis unreachable: nothing was queued, say so
         raise ApiError(
             503, "queue_unavailable", f"update queue unavailable: {e}", headers={"Retry-After": "2"}
         ) from None

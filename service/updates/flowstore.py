@@ -121,6 +121,10 @@ for i = 9 + n, #ARGV do
   redis.call('HINCRBY', KEYS[5], ARGV[i], 1)
   samples[#samples + 1] = ARGV[i]
 end
+if #samples > 0 then
+  -- the audit of trained sample ids lives as long as update ids are remembered
+  redis.call('EXPIRE', KEYS[5], tonumber(ARGV[6]))
+end
 redis.call('HSET', KEYS[6], 'path', ARGV[2], 'entries', table.concat(ids, ','),
            'samples', cjson.encode(samples), 'published_at', ARGV[7])
 redis.call('EXPIRE', KEYS[6], tonumber(ARGV[6]))
@@ -128,7 +132,10 @@ redis.call('PUBLISH', ARGV[5], ARGV[1])
 return {0, new, {}}
 """
 
-_REASONS = {-1: "learner lock lost", -2: "flow version moved", -3: "entries already committed"}
+LOCK_LOST = "learner lock lost"
+VERSION_MOVED = "flow version moved"
+ALREADY_COMMITTED = "entries already committed"
+_REASONS = {-1: LOCK_LOST, -2: VERSION_MOVED, -3: ALREADY_COMMITTED}
 
 
 def _fsync_tree(directory: Path) -> None:
@@ -174,6 +181,7 @@ class FlowStore:
         """The store the service and the learner use: Redis pointer iff settings.redis_url."""
         if redis_client is None and settings.redis_url:
             redis_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
+        kwargs.setdefault("keep_versions", getattr(settings, "keep_versions", 5))
         return cls(settings.checkpoint_dir, settings.flow_path, redis_client,
                    settings.redis_prefix, settings.update_id_ttl_s, **kwargs)
 
@@ -279,7 +287,7 @@ class FlowStore:
         else:
             current = self._read_pointer()
             if version != current + 1:
-                raise CommitConflict(_REASONS[-2], current)
+                raise CommitConflict(VERSION_MOVED, current)
             self._write_pointer(version, path)
         await self._notify()
 

@@ -31,9 +31,10 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -43,11 +44,12 @@ from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata
 from flowfield.training.online import OnlineRefiner
 from service.metrics import LEARNER_LOSS, LEARNER_STEPS, PENDING_SAMPLES, SAMPLES_TRAINED
-from service.updates.flowstore import CommitConflict, FlowStore
+from service.updates.flowstore import LOCK_LOST, CommitConflict, FlowStore
 from service.updates.queue import UpdateQueue
 from service.updates.types import Entry, UpdateSample
 
 log = logging.getLogger("flowfield.learner")
+T = TypeVar("T")
 
 
 class LearnerConfigError(RuntimeError):
@@ -225,11 +227,11 @@ class Learner:
                 try:
                     await self.step_once()
                     backoff = 1.0
-                except LearnerConfigError:
+                except LearnerConfigError as e:
+                    log.error("learner stopped: %s", e)
                     raise
                 except Exception:
                     log.exception("learner step failed; retrying in %.1fs", backoff)
-                    self._refiner = None
                     await _wait(stop, backoff)
                     backoff = min(backoff * 2, 30.0)
         finally:
@@ -310,35 +312,30 @@ class Learner:
 
         refiner = self._refiner
         assert refiner is not None
-        if self.executor is not None:
-            loop = asyncio.get_running_loop()
-            loss, meta = await loop.run_in_executor(
-                self.executor, self._train_and_write, refiner, valid
-            )
-        else:
-            loss, meta = await asyncio.to_thread(self._train_and_write, refiner, valid)
-        if self.pause_before_commit_s > 0:
-            log.info("test hook: pausing %.1fs before commit version=%d",
-                     self.pause_before_commit_s, meta.version)
-            await asyncio.sleep(self.pause_before_commit_s)
         try:
+            loss, meta = await self._in_model_thread(self._train_and_write, refiner, valid)
+            if self.pause_before_commit_s > 0:
+                log.info("test hook: pausing %.1fs before commit version=%d",
+                         self.pause_before_commit_s, meta.version)
+                await asyncio.sleep(self.pause_before_commit_s)
             await self.store.publish(meta.version, batch, [e.sample.sample_id for e in valid],
                                      fence=self.lock.token)
         except CommitConflict as e:
             log.warning("learner: %s; reloading", e)
             self._refiner = None
-            if e.reason == "learner lock lost":
+            if e.reason == LOCK_LOST:
                 self._held = []  # the next lock holder reclaims them
                 self.lock.held = False
             else:
                 done = set(e.done)
                 self._held = [x for x in batch if x.entry_id not in done]
             return 0
-        except Exception:
-            self._refiner = None  # its state is ahead of what was published
+        except BaseException:
+            # the refiner's state is ahead of what was published: reload (and clean up) first
+            self._refiner = None
             raise
-        await self.queue.commit([e.entry_id for e in batch])
-        self._held = []
+        self._held = []  # published: never train these again, even if the ack below fails
+        await self.queue.commit([e.entry_id for e in batch])  # Redis: already acked by publish
 
         LEARNER_LOSS.set(loss)
         LEARNER_STEPS.inc()
@@ -379,6 +376,11 @@ class Learner:
             add(got)
         self._held = batch
         return batch
+
+    async def _in_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self.executor is None:
+            return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def _split(self, batch: list[Entry]) -> tuple[list[Entry], list[Entry]]:
         valid, rejected = [], []

@@ -5,9 +5,8 @@ there is no queue shared with the serving process, and the serving process runs 
 embedded learner instead. SIGTERM/SIGINT finish the current step, release the learner lock
 and exit 0.
 
-Extra environment variables (not Settings fields):
-  FLOWFIELD_LEARNER_NAME          consumer name (default host-pid)
-  FLOWFIELD_LEARNER_LOCK_TTL_MS   learner lock lifetime without renewal (default 10000)
+Settings used beyond the model and Redis ones: learner_name (consumer name),
+learner_lock_ttl_ms, learner_batch, keep_versions. One extra environment variable:
   FLOWFIELD_LEARNER_TEST_PAUSE_S  test hook: sleep between checkpoint write and commit
 """
 
@@ -69,8 +68,8 @@ async def _serve(settings: Settings, encoder: LatentEncoder) -> None:
     store = FlowStore.from_settings(settings)
     learner = Learner(
         encoder, store, queue, settings,
-        os.environ.get("FLOWFIELD_LEARNER_NAME") or default_consumer_name(),
-        lock_ttl_ms=int(os.environ.get("FLOWFIELD_LEARNER_LOCK_TTL_MS", "10000")),
+        settings.learner_name or default_consumer_name(),
+        lock_ttl_ms=settings.learner_lock_ttl_ms,
         pause_before_commit_s=float(os.environ.get("FLOWFIELD_LEARNER_TEST_PAUSE_S", "0")),
     )
     stop = asyncio.Event()

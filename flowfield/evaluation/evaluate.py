@@ -1,0 +1,292 @@
+"""Reward-quality evaluation of a flow on verified rollouts.
+
+Given rollouts with their verifier reward (and, for the demo task, the index of the first
+wrong token), compute
+
+- AUROC of sequence-level flow scores for telling incorrect from correct rollouts: mean
+  deviation, max deviation, flow return (its negative: a low return predicts "incorrect");
+- the same for logit-space baselines under the policy: mean (and max) token NLL, mean token
+  entropy;
+- where the first error is known: how often the most-penalised token lies within a window
+  of it, next to a uniformly random position (see metrics.py);
+- mean reward and the share of positive / negative rewards per token class.
+
+Flow scores come from FlowScorer, the same library call the service answers /score with.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flowfield.encoder import LatentEncoder
+from flowfield.evaluation.logits import token_logit_stats
+from flowfield.evaluation.metrics import (
+    WINDOWS,
+    bootstrap_auroc,
+    localisation,
+    most_extreme,
+    most_penalised,
+)
+from flowfield.evaluation.tokens import class_table, demo_token_classes, string_token_classes
+from flowfield.scorer import FlowScorer, ScoreOptions
+
+# sequence-level scores: key -> (label, higher = more likely incorrect)
+SEQUENCE_SCORES: dict[str, str] = {
+    "flow_mean_deviation": "flow: mean deviation",
+    "flow_max_deviation": "flow: max deviation",
+    "flow_return": "flow: flow return (low = incorrect)",
+    "nll_mean": "policy: mean token NLL",
+    "entropy_mean": "policy: mean token entropy",
+    "nll_max": "policy: max token NLL",
+}
+# token picked in an incorrect rollout for localisation: key -> label
+PICKS: dict[str, str] = {
+    "flow_min_reward": "flow: most-penalised token (min reward)",
+    "flow_max_deviation": "flow: max raw deviation",
+    "nll_max": "policy: max token NLL",
+    "entropy_max": "policy: max token entropy",
+}
+_DEMO_PROMPT = re.compile(r"Q:\d+\+\d+\n")
+
+
+@dataclass
+class EvalRollout:
+    """One verified rollout. first_error: token index of the first wrong token, if known."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    reward: float
+    prompt: str = ""
+    response: str = ""
+    first_error: int | None = None
+    id: str = ""
+
+
+@dataclass
+class ScoredRollout:
+    rollout: EvalRollout
+    deviations: np.ndarray  # [n] raw flow deviation per response token
+    rewards: np.ndarray  # [n] shaped token rewards
+    flow_return: float
+    nll: np.ndarray | None = None  # [n] under the policy
+    entropy: np.ndarray | None = None  # [n]
+    tokens: list[str] = field(default_factory=list)  # the text of each response token
+    classes: list[str] = field(default_factory=list)
+
+
+def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]:
+    """Verified rollouts from JSONL, one object per line:
+
+        {"prompt": "...", "response": "...", "reward": 1.0}
+        {"prompt_ids": [...], "response_ids": [...], "reward": 0.0, "first_error": 7}
+
+    reward (the verifier's) is required; ids win over text; first_error (a response token
+    index) and id are optional. Text is tokenised as the service does (prompt and response
+    separately, no special tokens).
+    """
+    out: list[EvalRollout] = []
+    vocab = encoder.vocab_size
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object")
+            if not isinstance(row.get("reward"), int | float) or isinstance(row["reward"], bool):
+                raise ValueError(f"{path}:{n}: needs a numeric verifier reward")
+            prompt, response = str(row.get("prompt") or ""), str(row.get("response") or "")
+            p_text, r_text = encoder.tokenize(prompt, response)
+            p = list(row["prompt_ids"]) if "prompt_ids" in row else p_text
+            if "response_ids" in row:
+                r = list(row["response_ids"])
+            elif "response" in row:
+                r = r_text
+            else:
+                raise ValueError(f"{path}:{n}: needs response_ids or response")
+            if not r:
+                raise ValueError(f"{path}:{n}: empty response")
+            if not all(isinstance(i, int) and 0 <= i < vocab for i in p + r):
+                raise ValueError(f"{path}:{n}: token ids must be integers in [0, {vocab})")
+            fe = row.get("first_error")
+            if fe is not None and not isinstance(fe, int):
+                raise ValueError(f"{path}:{n}: first_error must be a token index")
+            out.append(
+                EvalRollout(p, r, float(row["reward"]), prompt, response, fe, str(row.get("id", n)))
+            )
+    if not out:
+        raise ValueError(f"{path}: no rollouts")
+    return out
+
+
+def token_strings(encoder: LatentEncoder, ids: Sequence[int]) -> list[str]:
+    """The text of each token on its own (what the HTML view and the class table show)."""
+    return [encoder.tokenizer.decode([i]) for i in ids]
+
+
+def is_demo_like(rollouts: Sequence[ScoredRollout]) -> bool:
+    """Demo prompts ("Q:1234+5678\\n") with one character per response token."""
+    return all(
+        _DEMO_PROMPT.fullmatch(s.rollout.prompt or "") and all(len(t) == 1 for t in s.tokens)
+        for s in rollouts
+    )
+
+
+def score_rollouts(
+    scorer: FlowScorer,
+    rollouts: Sequence[EvalRollout],
+    options: ScoreOptions,
+    lm: torch.nn.Module | None = None,
+    chunk: int = 64,
+    progress: bool = True,
+    desc: str = "flow scores",
+) -> list[ScoredRollout]:
+    """Flow deviations and rewards (FlowScorer), and the policy's NLL/entropy when lm is given."""
+    out: list[ScoredRollout] = []
+    bar = tqdm(total=len(rollouts), desc=desc, unit="rollout", disable=not progress)
+    for start in range(0, len(rollouts), chunk):
+        part = rollouts[start : start + chunk]
+        scores = scorer.score([r.prompt_ids for r in part], [r.response_ids for r in part], options)
+        for r, s in zip(part, scores):
+            toks = token_strings(scorer.encoder, r.response_ids)
+            out.append(
+                ScoredRollout(
+                    r, s.deviations.double().numpy(), s.token_rewards.numpy(), s.flow_return,
+                    tokens=toks,
+                )
+            )
+        bar.update(len(part))
+    bar.close()
+    if lm is not None:
+        pad = scorer.encoder.tokenizer.pad_token_id
+        bar = tqdm(total=len(rollouts), desc="policy NLL/entropy", unit="rollout", disable=not progress)
+        for start in range(0, len(out), chunk):
+            part = out[start : start + chunk]
+            stats = token_logit_stats(
+                lm,
+                [s.rollout.prompt_ids for s in part],
+                [s.rollout.response_ids for s in part],
+                pad_id=0 if pad is None else int(pad),
+            )
+            for s, (nll, ent) in zip(part, stats):
+                s.nll, s.entropy = nll.double().numpy(), ent.double().numpy()
+            bar.update(len(part))
+        bar.close()
+    demo = is_demo_like(out)
+    for s in out:
+        s.classes = demo_token_classes("".join(s.tokens)) if demo else string_token_classes(s.tokens)
+    return out
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else float("nan")
+
+
+def _nanmax(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.max()) if x.size else float("nan")
+
+
+def sequence_scores(s: ScoredRollout) -> dict[str, float]:
+    """Every sequence-level score, oriented so that higher = more likely incorrect."""
+    out = {
+        "flow_mean_deviation": float(s.deviations.mean()),
+        "flow_max_deviation": float(s.deviations.max()),
+        "flow_return": -s.flow_return,
+    }
+    if s.nll is not None and s.entropy is not None:
+        out["nll_mean"] = _nanmean(s.nll)
+        out["entropy_mean"] = _nanmean(s.entropy)
+        out["nll_max"] = _nanmax(s.nll)
+    return out
+
+
+def picks(s: ScoredRollout) -> dict[str, int]:
+    """The token each localisation rule picks in a rollout."""
+    out = {
+        "flow_min_reward": most_penalised(s.rewards),
+        "flow_max_deviation": most_extreme(s.deviations),
+    }
+    if s.nll is not None and s.entropy is not None:
+        out["nll_max"] = most_extreme(np.nan_to_num(s.nll, nan=-np.inf))
+        out["entropy_max"] = most_extreme(np.nan_to_num(s.entropy, nan=-np.inf))
+    return out
+
+
+def metrics_for(
+    scored: Sequence[ScoredRollout],
+    correct_threshold: float = 1.0,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    class_min_count: int = 5,
+) -> dict:
+    """All figures for one flow on one set of scored rollouts, as a JSON-ready dict."""
+    incorrect = np.array([s.rollout.reward < correct_threshold for s in scored])
+    n_bad = int(incorrect.sum())
+    per = [sequence_scores(s) for s in scored]
+    auroc = {}
+    for key in SEQUENCE_SCORES:
+        if all(key in p for p in per):
+            values = np.array([p[key] for p in per])
+            auroc[key] = bootstrap_auroc(values, incorrect, bootstrap, seed).to_dict()
+
+    # localisation: incorrect rollouts whose first error is a scored response token
+    located = [
+        s
+        for s, bad in zip(scored, incorrect)
+        if bad
+        and s.rollout.first_error is not None
+        and 0 <= s.rollout.first_error < len(s.rollout.response_ids)
+    ]
+    loc = None
+    known = sum(1 for s in scored if s.rollout.first_error is not None)
+    if known:
+        chosen = [picks(s) for s in located]
+        fe = [s.rollout.first_error for s in located]
+        lengths = [len(s.rollout.response_ids) for s in located]
+        loc = {
+            "n": len(located),
+            "excluded": n_bad - len(located),
+            "windows": {k: list(v) for k, v in WINDOWS.items()},
+            "rules": {
+                key: localisation([c[key] for c in chosen], fe, lengths).to_dict()
+                for key in PICKS
+                if all(key in c for c in chosen)
+            },
+        }
+        loc["random"] = localisation([0] * len(fe), fe, lengths).random
+
+    table = class_table(
+        [s.classes for s in scored],
+        [s.rewards for s in scored],
+        [s.deviations for s in scored],
+        min_count=class_min_count,
+    )
+    return {
+        "n": len(scored),
+        "n_correct": len(scored) - n_bad,
+        "n_incorrect": n_bad,
+        "accuracy": (len(scored) - n_bad) / len(scored) if scored else float("nan"),
+        "mean_deviation_correct": _mean_of(scored, ~incorrect),
+        "mean_deviation_incorrect": _mean_of(scored, incorrect),
+        "auroc": auroc,
+        "localisation": loc,
+        "token_classes": [c.to_dict() for c in table],
+    }
+
+
+def _mean_of(scored: Sequence[ScoredRollout], mask: np.ndarray) -> float:
+    vals = [float(s.deviations.mean()) for s, m in zip(scored, mask) if m]
+    return float(np.mean(vals)) if vals else float("nan")

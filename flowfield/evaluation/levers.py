@@ -1,0 +1,73 @@
+"""Refit the demo flow with one lever changed, for the reward-quality study.
+
+    python -m flowfield.evaluation.levers --lever context-none --out runs/levers/context-none
+    flowfield eval --flow runs/levers/context-none --split dev --demo 500
+
+Every lever starts from the bundled demo flow's recipe (flowfield.demo.build.DEMO_FIT:
+10 epochs over 4,000 expert solutions, lr 1e-3, W = d = 128, depth 4, next-token context,
+layers 0.25/0.5/0.75) and changes one thing. Levers are compared on the dev split, never on
+the held-out evaluation set. Never write into flowfield/demo/assets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import tempfile
+from pathlib import Path
+
+import typer
+
+from flowfield.demo.build import DEMO_FIT
+from flowfield.demo.data import write_expert_jsonl
+from flowfield.encoder import DEFAULT_LAYER_FRACTIONS, LatentEncoder
+from flowfield.evaluation.problems import expert_problems
+from flowfield.training import FitConfig, fit_flow, load_jsonl
+
+DEMO_POLICY = Path(__file__).resolve().parents[1] / "demo" / "assets" / "policy"
+
+# lever -> (changes to the fit recipe, extra expert problems, layer fractions)
+LEVERS: dict[str, tuple[dict, int, tuple[float, ...]]] = {
+    "control-seed1": ({"seed": 1}, 0, DEFAULT_LAYER_FRACTIONS),  # refit noise: same recipe
+    "context-none": ({"context": "none"}, 0, DEFAULT_LAYER_FRACTIONS),
+    "context-prev": ({"context": "prev"}, 0, DEFAULT_LAYER_FRACTIONS),
+    # 4x the expert solutions at the same number of optimiser steps
+    "data-4x": ({"epochs": 2.5}, 12_000, DEFAULT_LAYER_FRACTIONS),
+    # 4x the expert solutions and 4x the steps
+    "data-4x-long": ({}, 12_000, DEFAULT_LAYER_FRACTIONS),
+    "width-256": ({"width": 256}, 0, DEFAULT_LAYER_FRACTIONS),
+    "layers-deep": ({}, 0, (0.75,)),
+    "layers-all": ({}, 0, (0.0, 0.25, 0.5, 0.75)),
+}
+
+
+def lever_config(lever: str) -> tuple[FitConfig, int, tuple[float, ...]]:
+    if lever not in LEVERS:
+        raise ValueError(f"unknown lever {lever!r}; one of {sorted(LEVERS)}")
+    changes, extra, fractions = LEVERS[lever]
+    return dataclasses.replace(DEMO_FIT, **changes), extra, fractions
+
+
+def main(
+    lever: str = typer.Option(..., help=f"one of {', '.join(LEVERS)}"),
+    out: Path = typer.Option(..., help="checkpoint directory to write (under runs/)"),
+    model: Path = typer.Option(DEMO_POLICY, help="policy directory"),
+    threads: int = typer.Option(0, help="torch CPU threads (0 = default)"),
+) -> None:
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, extra, fractions = lever_config(lever)
+    encoder = LatentEncoder(model, layer_fractions=fractions)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write_expert_jsonl(Path(tmp) / "expert.jsonl", expert_problems(extra))
+        samples = load_jsonl(data, encoder)
+    res = fit_flow(encoder, samples, out, cfg)
+    (Path(out) / "trainer_state.pt").unlink(missing_ok=True)
+    typer.echo(f"{lever}: {res.steps} steps, final loss {res.final_loss:.4f} -> {res.out}")
+
+
+if __name__ == "__main__":
+    typer.run(main)
