@@ -42,6 +42,9 @@ FLOW_RETURN = Histogram(
     "sum of token rewards per sample",
     buckets=(-0.15, -0.1, -0.05, -0.025, -0.01, 0.0, 0.01, 0.025, 0.05, 0.1, 0.15),
 )
+# prometheus_client does not export _sum for histograms with negative buckets; this running
+# sum (it can go down) gives the mean flow return: delta(sum) / increase(flow_return_count)
+FLOW_RETURN_SUM = Gauge("flowfield_flow_return_running_sum", "running sum of flow returns")
 DEVIATION = Histogram(
     "flowfield_deviation",
     "raw per-token flow deviation",
@@ -56,4 +59,4 @@ LEARNER_LOSS = Gauge("flowfield_learner_loss", "flow-matching loss of the last l
 LEARNER_STEPS = Counter("flowfield_learner_steps_total", "learner optimiser steps")
 SAMPLES_TRAINED = Counter("flowfield_samples_trained_total", "samples the learner trained on")
 FLOW_VERSION = Gauge("flowfield_flow_version", "flow version this process scores with")
-ENCODER_INFO = Info("flowfield_encoder", "policy encoder in use")
+ENCODER_INFO = Info("flowfield_encoder", "policy encoder in use (labels: name, revision, ...)")

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         10000, description="a learner that stops renewing its lock loses it after this"
     )
     learner_name: str | None = Field(None, description="learner consumer name (default host-pid)")
+    learner_metrics_port: int = Field(
+        0, description="`flowfield learn`: serve /metrics on this port (0 = off)"
+    )
     keep_versions: int = Field(5, description="published flow versions kept on disk")
     update_id_ttl_s: int = Field(7 * 24 * 3600, description="how long update_ids are remembered")
 

@@ -160,7 +160,7 @@ class ServiceState:
                 "model_type": ident.model_type,
                 "layers": ",".join(map(str, ident.layers)),
                 "flow_version": str(sc.version),
-                "instance": socket.gethostname() + f":{os.getpid()}",
+                "process": socket.gethostname() + f":{os.getpid()}",
             }
         )
 

@@ -43,7 +43,13 @@ from flowfield.checkpoint import FlowMismatchError
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata
 from flowfield.training.online import OnlineRefiner
-from service.metrics import LEARNER_LOSS, LEARNER_STEPS, PENDING_SAMPLES, SAMPLES_TRAINED
+from service.metrics import (
+    FLOW_VERSION,
+    LEARNER_LOSS,
+    LEARNER_STEPS,
+    PENDING_SAMPLES,
+    SAMPLES_TRAINED,
+)
 from service.updates.flowstore import LOCK_LOST, CommitConflict, FlowStore
 from service.updates.queue import UpdateQueue
 from service.updates.types import Entry, UpdateSample
@@ -421,6 +427,7 @@ class Learner:
         return loss, meta
 
     def _update_stats(self, meta: FlowMetadata) -> None:
+        FLOW_VERSION.set(meta.version)  # a stand-alone learner reports the version it published
         self.stats["version"] = meta.version
         self.stats["samples_trained"] = meta.samples_trained
         self.stats["tokens_trained"] = meta.tokens_trained

@@ -20,6 +20,7 @@ import sys
 from urllib.parse import urlsplit, urlunsplit
 
 import torch
+from prometheus_client import start_http_server
 
 from flowfield.encoder import LatentEncoder
 from service.settings import Settings
@@ -60,6 +61,10 @@ def run_learner(settings: Settings | None = None) -> None:
     log.info("learner start model=%s revision=%s path=%s layers=%s device=%s",
              encoder.identity.name, encoder.identity.revision, settings.model_path,
              list(encoder.layers), settings.device)
+    if settings.learner_metrics_port:
+        # the learner's loss, steps and samples trained, for the dashboard
+        start_http_server(settings.learner_metrics_port, addr=settings.host)
+        log.info("learner metrics on %s:%d/metrics", settings.host, settings.learner_metrics_port)
     asyncio.run(_serve(settings, encoder))
 
 

@@ -9,9 +9,10 @@ import sys
 import time
 import uuid
 
+import httpx
 import pytest
 import redis
-from server import REPO, Server
+from server import REPO, Server, free_port
 from service_helpers import demo_sample
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -38,10 +39,16 @@ def test_two_scorers_and_one_learner_agree_after_an_update(tmp_path, prefix):
     a = Server(tmp_path, env, name="a")
     b = Server(tmp_path, env, name="b")
     learner_log = open(tmp_path / "learner.log", "w")  # noqa: SIM115
+    metrics_port = free_port()
     learner = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "learn"],
         cwd=REPO,
-        env={**os.environ, **env, "FLOWFIELD_THREADS": "1"},
+        env={
+            **os.environ,
+            **env,
+            "FLOWFIELD_THREADS": "1",
+            "FLOWFIELD_LEARNER_METRICS_PORT": str(metrics_port),
+        },
         stdout=learner_log,
         stderr=subprocess.STDOUT,
     )
@@ -73,6 +80,11 @@ def test_two_scorers_and_one_learner_agree_after_an_update(tmp_path, prefix):
             assert ra == rb
             assert ra["flow_version"] == va["flow_version"]
             assert ra["results"] != v0["results"]
+            # the stand-alone learner exports its own metrics
+            text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
+            assert "flowfield_learner_steps_total 1.0" in text
+            assert f"flowfield_flow_version {float(va['flow_version'])}" in text
+            assert "flowfield_samples_trained_total 8.0" in text
     finally:
         learner.terminate()
         learner.wait(30)
