@@ -3,6 +3,6 @@
 # This is the README's test command and what CI runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python -m pip install -q torch==2.13.0 -e ".[dev]"
+python -m pip install -q torch==2.13.0 -e ".[dev,trl]" -e clients/flowfield-client
 python -m ruff check .
 python -m pytest -q "$@"

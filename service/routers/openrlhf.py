@@ -35,6 +35,10 @@ async def get_reward(
         raise ApiError(
             422, "length_mismatch", f"{len(req.prompts)} prompts for {n} queries", "prompts"
         )
+    if req.labels and len(req.labels) != n:
+        raise ApiError(
+            422, "length_mismatch", f"{len(req.labels)} labels for {n} queries", "labels"
+        )
     if n > settings.max_samples:
         raise ApiError(
             422, "too_many_samples", f"{n} queries; the limit is {settings.max_samples}", "query"

@@ -206,6 +206,14 @@ CASES = [
         "1 prompts for 2 queries",
     ),
     (
+        "openrlhf labels mismatched",
+        "POST",
+        "/get_reward",
+        {"json": {"query": ["a"], "prompts": [], "labels": ["x", "y"]}},
+        422,
+        "2 labels for 1 queries",
+    ),
+    (
         "graph duplicate trajectory",
         "POST",
         "/v1/score/graph",

@@ -1,0 +1,78 @@
+"""flowfield-client: HTTP client for the flowfield reward service, and RL-trainer adapters.
+
+    from flowfield_client import FlowfieldClient, Sample
+    with FlowfieldClient("http://127.0.0.1:8000") as ff:
+        res = ff.score([Sample(prompt="Q:1234+5678\\n", response="4+8+0=12,...")])
+        print(res[0].token_rewards, res[0].flow_return, res.flow_version)
+
+Adapters (each imports its framework lazily, so importing this package never pulls torch):
+`flowfield_client.adapters.trl` (GRPOTrainer reward function), `...adapters.openrlhf`
+(`reward_func` file), `...adapters.verl` (reward manager filling the token-reward tensor).
+"""
+
+from flowfield_client.client import (
+    DEFAULT_TIMEOUT,
+    AsyncFlowfieldClient,
+    ClientStats,
+    FlowfieldClient,
+)
+from flowfield_client.errors import (
+    APIStatusError,
+    AuthenticationError,
+    BadRequestError,
+    FlowfieldConnectionError,
+    FlowfieldError,
+    FlowfieldTimeoutError,
+    InternalServerError,
+    InvalidRequestError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+)
+from flowfield_client.models import (
+    EndpointHealth,
+    FlowInfo,
+    Health,
+    PolicyResult,
+    Sample,
+    ScoreResponse,
+    ScoreResult,
+    UpdateResult,
+)
+from flowfield_client.retry import NO_RETRY, RetryEvent, RetryPolicy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIStatusError",
+    "AsyncFlowfieldClient",
+    "AuthenticationError",
+    "BadRequestError",
+    "ClientStats",
+    "DEFAULT_TIMEOUT",
+    "EndpointHealth",
+    "FlowInfo",
+    "FlowfieldClient",
+    "FlowfieldConnectionError",
+    "FlowfieldError",
+    "FlowfieldTimeoutError",
+    "Health",
+    "InternalServerError",
+    "InvalidRequestError",
+    "NO_RETRY",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "PolicyResult",
+    "RateLimitError",
+    "RetryEvent",
+    "RetryPolicy",
+    "Sample",
+    "ScoreResponse",
+    "ScoreResult",
+    "ServiceUnavailableError",
+    "UpdateResult",
+    "__version__",
+]
