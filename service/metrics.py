@@ -50,6 +50,10 @@ DEVIATION = Histogram(
     "raw per-token flow deviation",
     buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
 )
+GRAPH_STEPS = Counter("flowfield_graph_steps_total", "agent steps scored by /v1/score/graph")
+GRAPH_TRAJECTORIES = Counter(
+    "flowfield_graph_trajectories_total", "trajectories scored by /v1/score/graph"
+)
 UPDATE_SAMPLES = Counter(
     "flowfield_update_samples_total", "samples posted to /update", ["outcome"]
 )  # outcome: accepted | skipped

@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Depends
 
 from flowfield.graph import Group, Step, Trajectory, score_groups
+from service import metrics
 from service.auth import require_score
 from service.errors import ApiError
 from service.schemas import (
@@ -79,6 +80,8 @@ async def score_graph(req: GraphRequest) -> GraphResponse:
         )
     except (ValueError, TypeError) as e:
         raise ApiError(422, "invalid_trajectory", str(e), "groups") from None
+    metrics.GRAPH_TRAJECTORIES.inc(sum(len(g.trajectories) for g in groups))
+    metrics.GRAPH_STEPS.inc(sum(len(t.steps) for g in groups for t in g.trajectories))
     return GraphResponse(
         gamma=float(req.gamma),
         groups=[

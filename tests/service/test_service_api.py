@@ -174,5 +174,9 @@ def test_graph_endpoint_scores_the_example(client):
         assert g_out["group_id"] == g_in["group_id"] and g_out["num_nodes"] > 0
         for t_in, t_out in zip(g_in["trajectories"], g_out["trajectories"]):
             assert len(t_out["steps"]) == len(t_in["steps"])
+    text = client.get("/metrics").text
+    n_traj = sum(len(g["trajectories"]) for g in body["groups"])
+    assert f"flowfield_graph_trajectories_total {float(n_traj)}" in text
+    assert 'flowfield_requests_total{endpoint="/v1/score/graph",status="200"} 1.0' in text
     bad = client.post("/v1/score/graph", json={"gamma": 1.5, "groups": []})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "gamma"
