@@ -13,6 +13,7 @@ import typer
 import uvicorn
 
 from flowfield.cli import app
+from service.bench import bench_command  # stdlib + typer only; torch loads when it runs
 
 
 class DrainingServer(uvicorn.Server):
@@ -81,6 +82,9 @@ def learn() -> None:
     settings = Settings()
     setup_logging(settings.log_level)
     run_learner(settings)
+
+
+app.command("bench")(bench_command)
 
 
 def main() -> None:

@@ -23,5 +23,5 @@ def test_ci_runs_the_readme_test_command():
 def test_cli_lists_its_commands():
     out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
-    for cmd in ("serve", "learn", "fit"):
+    for cmd in ("serve", "learn", "fit", "bench"):
         assert cmd in out

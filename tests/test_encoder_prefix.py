@@ -127,3 +127,20 @@ def test_sliding_window_models_keep_the_plain_path(tmp_path):
     prompts, responses = _grouped_workload()
     batch = enc.encode(prompts, responses)
     assert batch.offsets[-1] == sum(len(r) for r in responses)
+
+
+def test_micro_batches_bound_padding_once_a_batch_has_work(llama_dir):
+    enc = LatentEncoder(llama_dir, max_batch_tokens=32768)
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(64, 257, (64,), generator=g).tolist()  # GRPO-like responses
+    one = enc.micro_batches(lengths, max_padding=1.0)  # the size bound alone: one batch
+    cut = enc.micro_batches(lengths)
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    assert len(one) == 1 and padded(one) > 1.4 * sum(lengths)
+    assert sorted(i for b in cut for i in b) == list(range(64))
+    assert padded(cut) < 1.15 * sum(lengths)
+    for b in cut[:-1]:
+        assert sum(lengths[i] for i in b) >= enc.min_batch_tokens
