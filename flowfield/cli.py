@@ -1,4 +1,4 @@
-"""`flowfield` command line: fit a flow (and, as they land, serve / learn / eval / bench)."""
+"""`flowfield` command line: fit a flow, evaluate its rewards (and serve / learn / bench)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,101 @@ def fit(
         f"fit: {res.steps} steps, {res.tokens} tokens, final loss {res.final_loss:.4f}, "
         f"{res.seconds:.1f}s -> {res.out}"
     )
+
+
+def _floats(text: str, what: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
+    if not values:
+        raise typer.BadParameter(f"expected at least one of {what}")
+    return values
+
+
+@app.command("eval")
+def eval_command(
+    model: Path = typer.Option(None, help="policy directory (default: the bundled demo policy)"),
+    flow: Path = typer.Option(None, help="flow checkpoint (default: the bundled demo flow)"),
+    data: Path = typer.Option(
+        None, help="JSONL of verified rollouts: prompt/response text or ids, reward"
+    ),
+    demo: int = typer.Option(200, help="without --data: held-out demo problems to roll out"),
+    split: str = typer.Option("eval", help="demo problems: eval (held-out) or dev (levers)"),
+    temperature: float = typer.Option(1.0, help="demo sampling temperature"),
+    seed: int = typer.Option(0, help="seed of the demo sampling and the bootstrap"),
+    timesteps: str = typer.Option("0.8", help="rewarding timesteps, comma-separated"),
+    noise_draws: int = typer.Option(1, help="noise draws per token and timestep"),
+    normalization: str = typer.Option("bilateral", help="bilateral or unilateral"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the AUROC intervals"),
+    refine: bool = typer.Option(False, help="also measure the flow after one refinement round"),
+    refine_rollouts: int = typer.Option(500, help="problems in the refinement round"),
+    refine_epochs: int = typer.Option(4, help="passes over the round's accepted rollouts"),
+    refine_lr: float = typer.Option(3e-4, help="peak learning rate of the refinement"),
+    refine_batch: int = typer.Option(32, help="accepted rollouts per refinement step"),
+    logits: bool = typer.Option(
+        True, "--logits/--no-logits", help="compute the policy NLL/entropy baselines"
+    ),
+    json_out: Path = typer.Option(None, "--json", help="write the report as JSON here"),
+    html_out: Path = typer.Option(None, "--html", help="write the token-reward view here"),
+    html_rollouts: int = typer.Option(40, help="rollouts per flow in the HTML view"),
+    device: str = typer.Option("cpu", help="cpu or cuda"),
+    threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
+) -> None:
+    """Reward quality: AUROC of flow scores vs logit baselines, localisation, token classes."""
+    import torch
+
+    from flowfield.evaluation import (
+        EvalConfig,
+        RefineConfig,
+        eval_html,
+        format_report,
+        run_evaluation,
+    )
+    from flowfield.evaluation.report import to_json
+    from flowfield.evaluation.run import DEMO_FLOW, DEMO_POLICY
+    from flowfield.rewards import RewardOptions
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        cfg = EvalConfig(
+            model=model or DEMO_POLICY,
+            flow=flow or DEMO_FLOW,
+            data=data,
+            demo=demo,
+            split=split,
+            temperature=temperature,
+            seed=seed,
+            timesteps=_floats(timesteps, "timesteps"),
+            noise_draws=noise_draws,
+            reward=RewardOptions(normalization=normalization),
+            bootstrap=bootstrap,
+            refine=RefineConfig(
+                rollouts=refine_rollouts,
+                epochs=refine_epochs,
+                batch_size=refine_batch,
+                lr=refine_lr,
+                seed=seed,
+            )
+            if refine
+            else None,
+            logits=logits,
+            device=device,
+        )
+        result = run_evaluation(cfg)
+    except (OSError, ValueError) as e:
+        raise fail(str(e)) from None
+    typer.echo(format_report(result.report))
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(to_json(result.report))
+        typer.echo(f"wrote {json_out}")
+    if html_out is not None:
+        html_out.parent.mkdir(parents=True, exist_ok=True)
+        html_out.write_text(eval_html(result.report, result.scored, html_rollouts))
+        typer.echo(f"wrote {html_out}")
 
 
 if __name__ == "__main__":

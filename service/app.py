@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import metrics
 from service.errors import error_response, install_error_handlers
-from service.routers import flow, graph, health, openrlhf, score, update
+from service.routers import flow, graph, health, openrlhf, score, ui, update
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         graph.router,
         health.router,
         openrlhf.router,
+        ui.router,
     ):
         app.include_router(r)
     # API.md: /score and /update are served too, with the same behaviour

@@ -38,7 +38,7 @@ from flowfield.evaluation.metrics import (
 from flowfield.evaluation.tokens import class_table, demo_token_classes, string_token_classes
 from flowfield.scorer import FlowScorer, ScoreOptions
 
-# sequence-level scores: key -> (label, higher = more likely incorrect)
+# sequence-level scores (each oriented: higher = more likely incorrect): key -> label
 SEQUENCE_SCORES: dict[str, str] = {
     "flow_mean_deviation": "flow: mean deviation",
     "flow_max_deviation": "flow: max deviation",
@@ -119,6 +119,8 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
                 raise ValueError(f"{path}:{n}: empty response")
             if not all(isinstance(i, int) and 0 <= i < vocab for i in p + r):
                 raise ValueError(f"{path}:{n}: token ids must be integers in [0, {vocab})")
+            prompt = prompt or encoder.tokenizer.decode(p)
+            response = response or encoder.tokenizer.decode(r)
             fe = row.get("first_error")
             if fe is not None and not isinstance(fe, int):
                 raise ValueError(f"{path}:{n}: first_error must be a token index")
@@ -162,7 +164,10 @@ def score_rollouts(
             toks = token_strings(scorer.encoder, r.response_ids)
             out.append(
                 ScoredRollout(
-                    r, s.deviations.double().numpy(), s.token_rewards.numpy(), s.flow_return,
+                    r,
+                    s.deviations.double().numpy(),
+                    s.token_rewards.numpy(),
+                    s.flow_return,
                     tokens=toks,
                 )
             )
@@ -170,7 +175,9 @@ def score_rollouts(
     bar.close()
     if lm is not None:
         pad = scorer.encoder.tokenizer.pad_token_id
-        bar = tqdm(total=len(rollouts), desc="policy NLL/entropy", unit="rollout", disable=not progress)
+        bar = tqdm(
+            total=len(rollouts), desc="policy NLL/entropy", unit="rollout", disable=not progress
+        )
         for start in range(0, len(out), chunk):
             part = out[start : start + chunk]
             stats = token_logit_stats(
@@ -185,7 +192,9 @@ def score_rollouts(
         bar.close()
     demo = is_demo_like(out)
     for s in out:
-        s.classes = demo_token_classes("".join(s.tokens)) if demo else string_token_classes(s.tokens)
+        s.classes = (
+            demo_token_classes("".join(s.tokens)) if demo else string_token_classes(s.tokens)
+        )
     return out
 
 

@@ -67,7 +67,9 @@ def render_rollout(v: TokenView, scale: float) -> str:
     head = [
         f'<span class="rid">{html.escape(v.id)}</span>',
         _outcome(v),
-        f'<span class="badge ver">flow v{v.flow_version}</span>' if v.flow_version is not None else "",
+        f'<span class="badge ver">flow v{v.flow_version}</span>'
+        if v.flow_version is not None
+        else "",
     ]
     if v.error:
         body = f'<div class="error">{html.escape(v.error)}</div>'
@@ -167,9 +169,9 @@ def render_page(
             body.append(f"<h2>{html.escape(heading)}</h2>")
         body.append(render_fragment(vs, scale) if vs else '<div class="sub">none yet</div>')
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{html.escape(title)}</h1><div class=\"sub\">{html.escape(subtitle)}</div>"
-        f"{legend(scale)}{extra_html}<div id=\"rollouts\">{''.join(body)}</div>"
+        f'<h1>{html.escape(title)}</h1><div class="sub">{html.escape(subtitle)}</div>'
+        f'{legend(scale)}{extra_html}<div id="rollouts">{"".join(body)}</div>'
         f"{f'<script>{script}</script>' if script else ''}</body></html>\n"
     )

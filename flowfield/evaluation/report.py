@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Sequence
 
 from flowfield.evaluation.evaluate import PICKS, SEQUENCE_SCORES, ScoredRollout
 from flowfield.evaluation.html import TokenView, render_page
 from flowfield.evaluation.metrics import WINDOWS
+
+
+def to_json(report: dict) -> str:
+    """The report as strict JSON: NaN (an undefined figure) becomes null."""
+
+    def clean(x):
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [clean(v) for v in x]
+        return x
+
+    return json.dumps(clean(report), indent=2, allow_nan=False) + "\n"
 
 
 def _num(x: float | None, fmt: str = ".3f") -> str:
@@ -26,8 +42,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     line = "  ".join("-" * w for w in widths)
 
     def fmt(row: Sequence[str]) -> str:
-        cells = [str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in
-                 enumerate(zip(row, widths))]
+        cells = [
+            str(c).ljust(w) if i == 0 else str(c).rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths))
+        ]
         return "  ".join(cells).rstrip()
 
     return "\n".join([fmt(header), line, *(fmt(r) for r in rows)])

@@ -56,12 +56,6 @@ class EvalConfig:
     logits: bool = True  # compute the policy's NLL / entropy baselines
     device: str = "cpu"
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("model", "flow", "data"):
-            d[k] = None if d[k] is None else str(d[k])
-        return d
-
 
 @dataclass
 class EvalRun:
@@ -123,7 +117,9 @@ def _flow_info(scorer: FlowScorer, path: Path | None) -> dict:
 def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
     t0 = time.time()
     meta = read_metadata(cfg.flow)
-    encoder = LatentEncoder(cfg.model, layer_fractions=meta.config.layer_fractions, device=cfg.device)
+    encoder = LatentEncoder(
+        cfg.model, layer_fractions=meta.config.layer_fractions, device=cfg.device
+    )
     net, meta = load_flow(cfg.flow, encoder.identity, encoder.layer_fractions)
     scorer = FlowScorer(encoder, net, meta)
     lm = None
@@ -141,7 +137,9 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
             raise ValueError("refinement needs the demo task (fresh rollouts for each round)")
     else:
         problems = eval_problems(cfg.demo, cfg.split)
-        rollouts = demo_rollouts(lm, encoder.tokenizer, problems, cfg.temperature, cfg.seed, progress)
+        rollouts = demo_rollouts(
+            lm, encoder.tokenizer, problems, cfg.temperature, cfg.seed, progress
+        )
         source = {
             "kind": "demo",
             "split": cfg.split,

@@ -18,8 +18,14 @@ CARRY = "carry digit"
 SUM_TENS = "column sum, tens digit"
 SUM_ONES = "column sum, ones digit"
 ANSWER = "answer digit"
-PUNCT = {"+": "'+' (plus)", "=": "'=' (equals)", ",": "',' (step separator)",
-         "A": "'A' (answer marker)", ":": "':' (after A)", ".": "'.' (end)"}
+PUNCT = {
+    "+": "'+' (plus)",
+    "=": "'=' (equals)",
+    ",": "',' (step separator)",
+    "A": "'A' (answer marker)",
+    ":": "':' (after A)",
+    ".": "'.' (end)",
+}
 OTHER = "other"
 
 
