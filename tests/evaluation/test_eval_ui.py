@@ -11,7 +11,7 @@ import shutil
 import subprocess
 
 import pytest
-from eval_server import Server
+from live_server import Server
 
 WRONG = {
     "id": "ui-wrong",

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import pytest
-from server import Server
+from live_server import Server
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import uuid
 import httpx
 import pytest
 import redis
-from server import REPO, Server, free_port
+from live_server import REPO, Server, free_port
 from service_helpers import demo_sample
 
 REDIS_URL = "redis://127.0.0.1:6379/0"

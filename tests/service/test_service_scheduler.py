@@ -6,7 +6,7 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from server import Server
+from live_server import Server
 from service_helpers import demo_sample
 
 

@@ -6,7 +6,7 @@ import shutil
 import time
 
 import pytest
-from server import Server
+from live_server import Server
 from service_helpers import demo_sample
 
 from service.settings import DEMO_ASSETS

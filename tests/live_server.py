@@ -1,7 +1,5 @@
-"""Run the real service (uvicorn, `flowfield serve`) in a subprocess for the /ui tests.
-
-A copy of tests/service/server.py (test helpers are imported by module name, so each
-test folder keeps its own uniquely named copy)."""
+"""Run the real service (uvicorn, `flowfield serve`) in a subprocess for HTTP tests (shared by
+every test folder: tests/ is on sys.path through its conftest)."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
