@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from flowfield.encoder import EncoderIdentity
-from flowfield.flownet import FlowMetadata, FlowNet
+from flowfield.flownet import FlowMetadata, FlowNet, check_latent_stats
 
 WEIGHTS = "flow.safetensors"
 META = "flow.json"
@@ -126,7 +126,21 @@ def load_flow(
     net = FlowNet(meta.config)
     with safe_open(str(Path(directory) / WEIGHTS), framework="pt") as f:
         state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iter
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    if meta.config.standardize:
+        # statistics that do not fit the encoder's hooked layers and hidden size
+        try:
+            check_latent_stats(
+                state.get("latent_mean", torch.empty(0)),
+                state.get("latent_std", torch.empty(0)),
+                len(meta.config.layer_fractions),
+                meta.config.hidden_size,
+            )
+        except ValueError as e:
+            raise FlowMismatchError(f"flow checkpoint {directory}: {e}") from None
+    try:
+        missing, unexpected = net.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong size
+        raise FlowMismatchError(f"flow weights do not match the recorded shape: {e}") from None
     if missing or unexpected:
         raise FlowMismatchError(
             f"flow weights do not match the recorded shape: missing {missing}, "

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import typer
 
+from flowfield.experiments.cli import experiment_app
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="flowfield: flow rewards (RLFR) and graph rewards (RewardFlow) for RL",
 )
+app.add_typer(experiment_app, name="experiment")  # flowfield experiment rlfr | report
 
 
 def fail(message: str) -> typer.Exit:
@@ -38,16 +41,33 @@ def fit(
     model: Path = typer.Option(..., help="Hugging Face causal LM directory (the policy)"),
     data: Path = typer.Option(..., help="JSONL of expert samples: prompt/response text or ids"),
     out: Path = typer.Option(..., help="checkpoint directory to write"),
-    epochs: float = typer.Option(2.0, help="passes over the data"),
-    batch_tokens: int = typer.Option(4096, help="response tokens per optimiser step"),
-    lr: float = typer.Option(1e-4, help="peak AdamW learning rate"),
+    epochs: float = typer.Option(
+        None, help="passes over the data (default: enough for --min-steps, at least 2)"
+    ),
+    batch_tokens: int = typer.Option(
+        None,
+        help="RESPONSE tokens per optimiser step (not rows: each token becomes layers x "
+        "replicas rows); default 4096, smaller on small data to reach --min-steps",
+    ),
+    min_steps: int = typer.Option(
+        2000, help="unless --epochs and --batch-tokens are both set, take at least this many steps"
+    ),
+    lr: float = typer.Option(None, help="peak AdamW learning rate (default: 1e-3 up to W=256)"),
     weight_decay: float = 0.01,
     warmup: float = typer.Option(0.1, help="warm-up fraction of all steps"),
     replicas: int = typer.Option(2, help="fresh (t, noise) draws per token per step"),
     width: int = typer.Option(0, help="flow width W (0 = the model's hidden size)"),
     depth: int = typer.Option(4, help="residual blocks N"),
     context: str = typer.Option("next", help="neighbour latent used as context: next|prev|none"),
-    layers: str = typer.Option("0.25,0.5,0.75", help="hooked depth fractions"),
+    layers: str = typer.Option(
+        "0.25,0.5,0.75",
+        help="hooked depth fractions: p reads block round(p * num_layers), 0-based, i.e. "
+        "hidden_states[round(p * L) + 1] (0.25 of 4 layers is block 1 = hidden_states[2])",
+    ),
+    standardize: bool = typer.Option(
+        False, "--standardize/--no-standardize", help="standardise latents per layer and dim"
+    ),
+    holdout: int = typer.Option(500, help="expert samples held out for the report (<= 10%)"),
     seed: int = 0,
     checkpoint_every: int = typer.Option(0, help="write a checkpoint every N steps (0 = end only)"),
     resume: bool = typer.Option(False, help="continue the fit saved in --out"),
@@ -55,7 +75,7 @@ def fit(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
 ) -> None:
-    """Fit a flow offline on expert data (RLFR.md s4), with a progress bar."""
+    """Fit a flow offline on expert data (RLFR.md s4), then report on held-out samples."""
     import torch
 
     from flowfield.encoder import LatentEncoder
@@ -69,9 +89,11 @@ def fit(
         samples = load_jsonl(data, encoder)
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
+    typer.echo(f"hooked layers: {encoder.describe_layers()}")
     cfg = FitConfig(
         epochs=epochs,
         batch_tokens=batch_tokens,
+        min_steps=min_steps,
         lr=lr,
         weight_decay=weight_decay,
         warmup=warmup,
@@ -81,12 +103,21 @@ def fit(
         width=width or None,
         depth=depth,
         context=context,
+        standardize=standardize,
+        holdout=holdout,
     )
-    res = fit_flow(encoder, samples, out, cfg, resume=resume, stop_after=max_steps or None)
+    try:
+        res = fit_flow(encoder, samples, out, cfg, resume=resume, stop_after=max_steps or None)
+    except ValueError as e:
+        raise fail(str(e)) from None
     typer.echo(
         f"fit: {res.steps} steps, {res.tokens} tokens, final loss {res.final_loss:.4f}, "
         f"{res.seconds:.1f}s -> {res.out}"
     )
+    if res.report is not None:
+        typer.echo("\n".join(res.report.lines()))
+    elif res.steps and not max_steps:
+        typer.echo("no held-out report: fewer than 50 expert samples")
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
@@ -104,7 +135,11 @@ def eval_command(
     model: Path = typer.Option(None, help="policy directory (default: the bundled demo policy)"),
     flow: Path = typer.Option(None, help="flow checkpoint (default: the bundled demo flow)"),
     data: Path = typer.Option(
-        None, help="JSONL of verified rollouts: prompt/response text or ids, reward"
+        None,
+        help="JSONL of verified rollouts, one object per line: prompt/response text or "
+        "prompt_ids/response_ids, and reward (the verifier's). Optional first_error: the "
+        "index of the first wrong response token (0-based, in response_ids); without it the "
+        "localisation and confident-error sections are left out",
     ),
     demo: int = typer.Option(200, help="without --data: held-out demo problems to roll out"),
     split: str = typer.Option("eval", help="demo problems: eval (held-out) or dev (levers)"),
@@ -112,7 +147,9 @@ def eval_command(
     seed: int = typer.Option(0, help="seed of the demo sampling and the bootstrap"),
     timesteps: str = typer.Option("0.8", help="rewarding timesteps, comma-separated"),
     noise_draws: int = typer.Option(1, help="noise draws per token and timestep"),
-    normalization: str = typer.Option("bilateral", help="bilateral or unilateral"),
+    normalization: str = typer.Option(
+        "bilateral", help="bilateral, unilateral or expert (returns for all are reported)"
+    ),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the AUROC intervals"),
     refine: bool = typer.Option(False, help="also measure the flow after one refinement round"),
     refine_rollouts: int = typer.Option(500, help="problems in the refinement round"),
@@ -173,6 +210,7 @@ def eval_command(
         result = run_evaluation(cfg)
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
+    typer.echo(f"hooked layers: {result.report['setup']['layer_mapping']}")
     typer.echo(format_report(result.report))
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ the plain path).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -78,6 +79,58 @@ def _decoder_blocks(model: nn.Module, num_layers: int) -> nn.ModuleList:
         if len(m) == num_layers:
             return m
     raise ValueError(f"cannot find the {num_layers} decoder blocks of {type(model).__name__}")
+
+
+# files any Hugging Face tokenizer is saved as; a directory with none of them has no tokenizer
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "tokenizer.model",
+    "spiece.model",
+)
+NO_TOKENIZER = "this policy has no tokenizer: send token ids (prompt_ids, response_ids)"
+
+
+class NoTokenizerError(ValueError):
+    """Text was sent, but the policy directory has no tokenizer to turn it into ids."""
+
+
+def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase | None:
+    """The directory's tokenizer, or None (with a warning) when it has none.
+
+    Without tokenizer files transformers either fails (Llama) or silently builds an empty
+    tokenizer (GPT-2) that turns every text into no tokens at all; both become None here,
+    so text input gets a clear error instead of "empty response".
+    """
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        log.warning("%s has no tokenizer files: only token ids can be scored", path)
+        return None
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        log.warning("%s: the tokenizer does not load (%s): only token ids can be scored", path, e)
+        return None
+    if len(tok) <= 1:
+        log.warning("%s: the tokenizer is empty: only token ids can be scored", path)
+        return None
+    return tok
+
+
+def layer_mapping(fractions: Sequence[float], blocks: Sequence[int], num_layers: int) -> str:
+    """'0.25 -> block 1 (hidden_states[2]), ...' for log lines and reports."""
+    parts = [f"{p:g} -> block {i} (hidden_states[{i + 1}])" for p, i in zip(fractions, blocks)]
+    return ", ".join(parts) + f" of {num_layers} blocks"
+
+
+def cache_argument(model: nn.Module) -> str:
+    """The forward argument that takes a key/value cache: `cache` in current transformers
+    (`past_key_values` is deprecated there and warns on every call), `past_key_values` in
+    older versions and remote-code models."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -170,7 +223,7 @@ class LatentEncoder:
         if getattr(config, "is_encoder_decoder", False):
             raise ValueError(f"{path}: encoder-decoder models are not supported")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
-        self.tokenizer: PreTrainedTokenizerBase = AutoTokenizer.from_pretrained(path)
+        self.tokenizer: PreTrainedTokenizerBase | None = _load_tokenizer(path)
         self.config = self.model.config
         self.num_layers = int(self.config.num_hidden_layers)
         self.hidden_size = int(self.config.hidden_size)
@@ -193,13 +246,14 @@ class LatentEncoder:
             layers=tuple(self.layers),
         )
         self._blocks = _decoder_blocks(self.model, self.num_layers)
+        self._cache_kw = cache_argument(self.model)
         # hooks write into a per-thread dict, so a scorer thread and a learner thread can
         # share one encoder without mixing up each other's activations
         self._local = threading.local()
         self._deepest = max(self.layers)
         for i in self.layers:
             self._blocks[i].register_forward_hook(self._make_hook(i))
-        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.pad_token_id if self.tokenizer is not None else None
         self._pad = 0 if pad is None else int(pad)
         # may be switched off by hand (benchmarks); only switched on where it is known to work
         self.share_prompts = share_prompts and self._prompt_sharing_works()
@@ -233,8 +287,27 @@ class LatentEncoder:
         """Residual stream after each hooked block: [L, B, T, d], right-padded input."""
         return self._forward(input_ids, attention_mask, use_cache=False)
 
+    def describe_layers(self) -> str:
+        """How the depth fractions map to blocks, in `hidden_states` terms.
+
+        Fraction p reads block round(p * L) (0-based), whose output is hidden_states[i + 1]
+        of a full forward with output_hidden_states (hidden_states[0] is the embeddings).
+        """
+        return layer_mapping(self.layer_fractions, self.layers, self.num_layers)
+
+    @property
+    def has_tokenizer(self) -> bool:
+        return self.tokenizer is not None
+
     def tokenize(self, prompt: str, response: str) -> tuple[list[int], list[int]]:
-        """Token ids for a text sample; the response is tokenised on its own, as generated."""
+        """Token ids for a text sample; the response is tokenised on its own, as generated.
+
+        Raises NoTokenizerError for text when the policy directory has no tokenizer.
+        """
+        if self.tokenizer is None:
+            if prompt or response:
+                raise NoTokenizerError(NO_TOKENIZER)
+            return [], []
         p = self.tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
         r = self.tokenizer(response, add_special_tokens=False)["input_ids"] if response else []
         return list(p), list(r)
@@ -393,7 +466,7 @@ class LatentEncoder:
         ids, mask = self._right_pad(prompts)  # [G, P]
         cache = DynamicCache(config=self.config)
         # the early stop fires after block `deepest` has written its keys and values
-        hs = self._forward(ids, mask, past_key_values=cache, use_cache=True)  # [L, G, P, d]
+        hs = self._forward(ids, mask, **{self._cache_kw: cache}, use_cache=True)  # [L, G, P, d]
         kv = [(cache.layers[b].keys, cache.layers[b].values) for b in range(self._deepest + 1)]
         rows = torch.arange(len(prompts), device=self.device)
         last = hs[:, rows, mask.sum(dim=1) - 1]  # [L, G, d]
@@ -421,7 +494,7 @@ class LatentEncoder:
         steps = torch.arange(ids.shape[1], device=self.device)
         positions = prompt_mask.sum(dim=1, keepdim=True) + steps  # [B, R], after each prompt
         return self._forward(
-            ids, mask, past_key_values=cache, use_cache=True, position_ids=positions
+            ids, mask, **{self._cache_kw: cache}, use_cache=True, position_ids=positions
         )
 
     def _prompt_sharing_works(self) -> bool:

@@ -29,6 +29,9 @@ class FlowConfig:
     layer_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     context: str = "next"  # which neighbour's latent conditions the field
     freq_dim: int = 256  # sinusoidal embedding size for t and the layer fraction
+    # standardise latents per hooked layer and dimension before the flow sees them (the
+    # statistics travel with the weights as buffers; see FlowNet.standardize)
+    standardize: bool = False
 
     def __post_init__(self) -> None:
         if self.context not in CONTEXT_DIRECTIONS:
@@ -102,6 +105,11 @@ class FlowNet(nn.Module):
         self.l_embed = ScalarEmbedding(w, config.freq_dim)
         self.blocks = nn.ModuleList(ResidualBlock(w) for _ in range(config.depth))
         self.final = FinalLayer(w, d)
+        if config.standardize:
+            # per hooked layer and dimension, taken from the fit data (set_latent_stats)
+            L = len(config.layer_fractions)
+            self.register_buffer("latent_mean", torch.zeros(L, d))
+            self.register_buffer("latent_std", torch.ones(L, d))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -134,6 +142,50 @@ class FlowNet(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def set_latent_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Record the per-layer, per-dimension latent statistics ([L, d] each)."""
+        if not self.config.standardize:
+            raise ValueError("this flow was built without standardize=True")
+        check_latent_stats(mean, std, len(self.config.layer_fractions), self.config.hidden_size)
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_(std)
+
+    def standardize(self, h: torch.Tensor) -> torch.Tensor:
+        """Latents [L, N, d] in the space the flow models: (h - mean) / std per layer and dim.
+
+        The identity for a flow without statistics. The path, the loss and the deviation are
+        all taken in this space, so fit, scoring and online refinement must all go through
+        here (context latents too: they are latents of the same layers).
+        """
+        if not self.config.standardize:
+            return h
+        mean = self.latent_mean[:, None].to(h.dtype)
+        std = self.latent_std[:, None].to(h.dtype)
+        return (h - mean) / std
+
+    def prepare(self, h: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latents and context latents [L, N, d] as the flow models them (standardised).
+
+        A "none" context is all zeros and stays so.
+        """
+        if self.config.context == "none":
+            return self.standardize(h), ctx
+        return self.standardize(h), self.standardize(ctx)
+
+
+def check_latent_stats(mean: torch.Tensor, std: torch.Tensor, layers: int, dim: int) -> None:
+    """Raise ValueError unless mean and std are finite [layers, dim] tensors with std > 0."""
+    for name, t in (("mean", mean), ("std", std)):
+        if tuple(t.shape) != (layers, dim):
+            raise ValueError(
+                f"latent {name} has shape {list(t.shape)}, expected [{layers}, {dim}] "
+                "(hooked layers x hidden size)"
+            )
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"latent {name} has non-finite values")
+    if not bool((std > 0).all()):
+        raise ValueError("latent std must be > 0 everywhere")
+
 
 @dataclass
 class FlowMetadata:
@@ -146,6 +198,9 @@ class FlowMetadata:
     tokens_trained: int = 0
     created_at: float = 0.0
     extra: dict = field(default_factory=dict)
+    # deviation statistics on held-out expert data, for the "expert" normalisation:
+    # {"timesteps": [...], "noise_draws": k, "log_mean": m, "log_std": s, "tokens": n}
+    calibration: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -156,6 +211,7 @@ class FlowMetadata:
             "tokens_trained": self.tokens_trained,
             "created_at": self.created_at,
             "extra": self.extra,
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -170,6 +226,7 @@ class FlowMetadata:
             tokens_trained=int(d.get("tokens_trained", 0)),
             created_at=float(d.get("created_at", 0.0)),
             extra=dict(d.get("extra", {})),
+            calibration=d.get("calibration"),
         )
 
 

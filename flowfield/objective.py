@@ -11,6 +11,8 @@ flattened into one batch of rows so the network runs once.
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -74,47 +76,82 @@ class NoiseBank:
     pure function of (seed, j, l, k): the same request gives the same numbers, a sample's
     numbers do not depend on its batch-mates, and tokens at the same position in different
     samples share their noise (common random numbers, which makes in-group comparisons
-    less noisy). Generated in blocks of `block` positions and cached.
+    less noisy). Generated in blocks of `block` positions.
+
+    Memory is bounded: blocks sit in an LRU cache of at most `max_cache_bytes` (an evicted
+    block is regenerated bit-identically when needed again), and the stacked tensors `take`
+    returns are kept only for the last `max_stacked` small shapes (at most
+    `max_stacked_bytes` each, e.g. the default options' single slot); larger ones are built
+    from the blocks for the call and not kept.
     """
 
-    def __init__(self, dim: int, seed: int = 0, block: int = 256) -> None:
+    def __init__(
+        self,
+        dim: int,
+        seed: int = 0,
+        block: int = 256,
+        max_cache_bytes: int = 256 << 20,
+        max_stacked: int = 4,
+        max_stacked_bytes: int = 16 << 20,
+    ) -> None:
         self.dim = dim
         self.seed = seed
         self.block = block
-        self._cache: dict[tuple[int, int, int], torch.Tensor] = {}
-        self._stacked: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.max_blocks = max(1, max_cache_bytes // (block * dim * 4))
+        self.max_stacked = max_stacked
+        self.max_stacked_bytes = max_stacked_bytes
+        self._cache: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._stacked: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
 
     def _block(self, slot: int, layer: int, index: int) -> torch.Tensor:
         key = (slot, layer, index)
-        if key not in self._cache:
-            digest = hashlib.blake2b(
-                f"{self.seed}:{slot}:{layer}:{index}".encode(), digest_size=8
-            ).digest()
-            g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-            self._cache[key] = torch.randn(self.block, self.dim, generator=g)
-        return self._cache[key]
+        out = self._cache.get(key)
+        if out is not None:
+            self._cache.move_to_end(key)
+            return out
+        digest = hashlib.blake2b(
+            f"{self.seed}:{slot}:{layer}:{index}".encode(), digest_size=8
+        ).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+        out = torch.randn(self.block, self.dim, generator=g)
+        self._cache[key] = out
+        while len(self._cache) > self.max_blocks:
+            self._cache.popitem(last=False)
+        return out
 
     def take(self, slots: int, layers: int, max_len: int) -> torch.Tensor:
         """Noise for positions 0..max_len-1: [slots, layers, >= max_len, d] (float32, CPU).
 
-        Whole blocks are returned (callers index the positions they need), so the stacked
-        tensor can be cached per (slots, layers, blocks).
+        A small shape gets whole blocks (callers index the positions they need), so its
+        stacked tensor can be cached per (slots, layers, blocks); a large one gets exactly
+        max_len positions and is not kept. Callers must not modify the result.
         """
         nblocks = (max_len + self.block - 1) // self.block
         key = (slots, layers, nblocks)
-        if key not in self._stacked:
-            self._stacked[key] = torch.stack(
-                [
-                    torch.stack(
-                        [
-                            torch.cat([self._block(j, layer, b) for b in range(nblocks)])
-                            for layer in range(layers)
-                        ]
-                    )
-                    for j in range(slots)
-                ]
+        with self._lock:
+            out = self._stacked.get(key)
+            if out is not None:
+                self._stacked.move_to_end(key)
+                return out
+            n = nblocks * self.block
+            keep = self.max_stacked > 0 and slots * layers * n * self.dim * 4 <= (
+                self.max_stacked_bytes
             )
-        return self._stacked[key]
+            if not keep:
+                n = max_len  # built for this call only: just the positions asked for
+            out = torch.empty(slots, layers, n, self.dim)
+            for j in range(slots):
+                for layer in range(layers):
+                    for b in range(nblocks):
+                        lo = b * self.block
+                        hi = min(lo + self.block, n)
+                        out[j, layer, lo:hi] = self._block(j, layer, b)[: hi - lo]
+            if keep:
+                self._stacked[key] = out
+                while len(self._stacked) > self.max_stacked:
+                    self._stacked.popitem(last=False)
+            return out
 
 
 def token_deviations(

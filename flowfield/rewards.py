@@ -1,10 +1,20 @@
 """From raw deviations to dense token rewards and token advantages (RLFR.md s5.2-5.5).
 
 Per sample (a 1-D tensor of its response tokens' deviations e):
-  1. min-max normalise over the sample's tokens: s = (e - min) / (max - min);
-     "bilateral" maps to [-1, 1] by 2 (s - 0.5), "unilateral" keeps [0, 1]
+  1. normalise to s:
+     - "bilateral" / "unilateral" (RLFR): min-max over the sample's own tokens,
+       s = (e - min) / (max - min), bilateral mapped to [-1, 1] by 2 (s - 0.5). Every
+       sample spans the same range whatever its deviation level, so a sample's sum of
+       rewards says nothing about how far it is from the expert data (a spiky incorrect
+       rollout can even get a higher return than a clean correct one).
+     - "expert": against the deviation distribution of held-out expert data recorded in the
+       flow checkpoint (its calibration): z = (log e - mean) / std, s = clip(z / 3, -1, 1).
+       A token the flow explains as well as typical expert tokens gets s ~ 0, one three
+       standard deviations worse s = 1, so a rollout with larger deviations gets a lower
+       return: the sequence-level sign is kept.
   2. zero every |s| <= eta; if more than K tokens survive, keep the top K
-     (bilateral: the ceil(K/2) highest and the floor(K/2) lowest survivors)
+     (bilateral: the ceil(K/2) highest and the floor(K/2) lowest survivors; unilateral: the
+     highest; expert: the largest |s|)
   3. r = -beta * s: a large deviation is a penalty
 Per group (samples that share a prompt), with verifier rewards R:
   A_k = (R - mean_g R) / (std_g R + 1e-9) + sum_{s >= k} r_s
@@ -20,7 +30,73 @@ from dataclasses import dataclass
 
 import torch
 
-NORMALIZATIONS = ("bilateral", "unilateral")
+NORMALIZATIONS = ("bilateral", "unilateral", "expert")
+# "expert" mode: a token EXPERT_Z_SCALE standard deviations above the expert mean gets s = 1
+EXPERT_Z_SCALE = 3.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Log-deviation statistics of held-out expert tokens under one flow (see module doc)."""
+
+    log_mean: float
+    log_std: float
+    timesteps: tuple[float, ...] = (0.8,)
+    noise_draws: int = 1
+    tokens: int = 0  # how many expert tokens the statistics come from
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.log_mean) and math.isfinite(self.log_std)):
+            raise ValueError("calibration statistics must be finite")
+        if self.log_std <= 0:
+            raise ValueError("calibration log_std must be > 0")
+        object.__setattr__(self, "timesteps", tuple(float(t) for t in self.timesteps))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibration:
+        return cls(
+            log_mean=float(d["log_mean"]),
+            log_std=float(d["log_std"]),
+            timesteps=tuple(d.get("timesteps", (0.8,))),
+            noise_draws=int(d.get("noise_draws", 1)),
+            tokens=int(d.get("tokens", 0)),
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "log_mean": self.log_mean,
+            "log_std": self.log_std,
+            "timesteps": list(self.timesteps),
+            "noise_draws": self.noise_draws,
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_deviations(
+        cls, e: torch.Tensor, timesteps: Sequence[float], noise_draws: int = 1
+    ) -> Calibration:
+        """Statistics of a 1-D tensor of expert-token deviations."""
+        le = torch.log(e.to(torch.float64).clamp_min(_TINY))
+        if le.numel() < 2:
+            raise ValueError("calibration needs at least two expert tokens")
+        return cls(
+            float(le.mean()),
+            float(le.std().clamp_min(1e-6)),
+            tuple(timesteps),
+            noise_draws,
+            int(le.numel()),
+        )
+
+    def check(self, timesteps: Sequence[float]) -> None:
+        """Raise ValueError unless deviations taken at these timesteps can use it."""
+        if tuple(float(t) for t in timesteps) != self.timesteps:
+            raise ValueError(
+                "normalization 'expert' is calibrated at timesteps "
+                f"{list(self.timesteps)}; the request asks for {list(timesteps)}"
+            )
+
+
+_TINY = 1e-12
 
 
 @dataclass(frozen=True)
@@ -33,25 +109,33 @@ class RewardOptions:
     def __post_init__(self) -> None:
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}")
-        if not math.isfinite(self.beta):
-            raise ValueError("beta must be finite")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            # r = -beta * s: a negative beta would silently reward the deviations it penalises
+            raise ValueError("beta must be a finite number >= 0")
         if not (math.isfinite(self.threshold) and self.threshold >= 0):
             raise ValueError("threshold must be a finite number >= 0")
         if self.top_k < 0:
             raise ValueError("top_k must be >= 0")
 
 
-def normalize(e: torch.Tensor, mode: str = "bilateral") -> torch.Tensor:
-    """Per-sequence min-max normalisation of deviations [n] -> [n].
+def normalize(
+    e: torch.Tensor, mode: str = "bilateral", calibration: Calibration | None = None
+) -> torch.Tensor:
+    """Deviations [n] of one sample -> normalised s [n] (float64); see the module doc.
 
-    A sequence whose deviations are all equal (including a single token) carries no
-    ranking information and maps to 0 everywhere, in both modes.
+    Per-sequence modes: a sequence whose deviations are all equal (including a single
+    token) carries no ranking information and maps to 0 everywhere.
     """
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
     e = e.to(torch.float64)
     if e.numel() == 0:
         return e
+    if mode == "expert":
+        if calibration is None:
+            raise ValueError("normalization 'expert' needs a flow with a calibration")
+        z = (torch.log(e.clamp_min(_TINY)) - calibration.log_mean) / calibration.log_std
+        return (z / EXPERT_Z_SCALE).clamp(-1.0, 1.0)
     lo, hi = e.min(), e.max()
     span = hi - lo
     if not torch.isfinite(span) or span <= 0:
@@ -71,6 +155,9 @@ def filter_tokens(s: torch.Tensor, threshold: float, top_k: int, mode: str) -> t
     order = torch.sort(vals, descending=True, stable=True).indices
     if mode == "unilateral":
         keep = alive[order[:top_k]]
+    elif mode == "expert":
+        by_size = torch.sort(vals.abs(), descending=True, stable=True).indices
+        keep = alive[by_size[:top_k]]
     else:
         n_high = (top_k + 1) // 2
         n_low = top_k // 2
@@ -81,9 +168,11 @@ def filter_tokens(s: torch.Tensor, threshold: float, top_k: int, mode: str) -> t
     return out
 
 
-def token_rewards(e: torch.Tensor, options: RewardOptions) -> torch.Tensor:
+def token_rewards(
+    e: torch.Tensor, options: RewardOptions, calibration: Calibration | None = None
+) -> torch.Tensor:
     """Deviations [n] of one sample -> shaped dense rewards [n] (float64)."""
-    s = normalize(e, options.normalization)
+    s = normalize(e, options.normalization, calibration)
     s = filter_tokens(s, options.threshold, options.top_k, options.normalization)
     return -options.beta * s + 0.0  # + 0.0 turns -0.0 into 0.0 in the JSON
 

@@ -17,7 +17,7 @@ from flowfield.checkpoint import check_compatible
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.objective import NoiseBank, token_deviations
-from flowfield.rewards import RewardOptions, group_advantages, token_rewards
+from flowfield.rewards import Calibration, RewardOptions, group_advantages, token_rewards
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,7 @@ class FlowScorer:
         self.flow = flow.eval()
         self.meta = meta
         self.noise = noise if noise is not None else NoiseBank(encoder.hidden_size, noise_seed)
+        self.calibration = Calibration.from_dict(meta.calibration) if meta.calibration else None
 
     @property
     def version(self) -> int:
@@ -84,10 +85,12 @@ class FlowScorer:
         starts = torch.tensor(batch.offsets[:-1], dtype=torch.long)
         # response index of every packed token, without a per-token Python loop
         positions = torch.arange(int(counts.sum())) - starts.repeat_interleave(counts)
+        # the flow models standardised latents when it was fitted with statistics
+        h, ctx = self.flow.prepare(batch.h, batch.context(self.meta.config.context))
         e = token_deviations(
             self.flow,
-            batch.h,
-            batch.context(self.meta.config.context),
+            h,
+            ctx,
             positions,
             self.meta.config.layer_fractions,
             timesteps,
@@ -95,6 +98,53 @@ class FlowScorer:
             noise_draws,
         ).cpu()
         return list(torch.split(e, counts.tolist()))
+
+    def resolve_normalization(
+        self, requested: str | None, default: str, timesteps: Sequence[float]
+    ) -> str:
+        """The normalisation a request gets: the one it asked for, else `default`, except that
+        a default of "expert" falls back to "bilateral" where this flow cannot serve it (no
+        calibration, e.g. an older checkpoint, or other timesteps than the calibrated ones).
+        An explicit "expert" is never replaced: check_options refuses it instead."""
+        if requested:
+            return requested
+        if default == "expert":
+            try:
+                self.check_options(ScoreOptions(RewardOptions("expert"), tuple(timesteps)))
+            except ValueError:
+                return "bilateral"
+        return default
+
+    def check_options(self, options: ScoreOptions) -> None:
+        """Raise ValueError if this flow cannot shape rewards with these options."""
+        if options.reward.normalization == "expert":
+            if self.calibration is None:
+                raise ValueError(
+                    "normalization 'expert' needs a flow fitted with a calibration "
+                    f"(flow version {self.version} has none); use bilateral or unilateral"
+                )
+            self.calibration.check(options.timesteps)
+
+    def shape(
+        self,
+        deviations: Sequence[torch.Tensor],
+        options: ScoreOptions,
+        outcome_rewards: Sequence[float] | None = None,
+        group_ids: Sequence[str] | None = None,
+    ) -> list[SampleScore]:
+        """Raw deviations -> token rewards, flow returns and (with outcome rewards) advantages.
+
+        group_ids: samples with the same id share an outcome baseline; None = each sample
+        is its own group.
+        """
+        self.check_options(options)
+        rewards = [token_rewards(e, options.reward, self.calibration) for e in deviations]
+        advs: list[torch.Tensor | None] = [None] * len(deviations)
+        if outcome_rewards is not None:
+            n = len(deviations)
+            gids = list(group_ids) if group_ids is not None else [str(i) for i in range(n)]
+            advs = list(group_advantages(rewards, outcome_rewards, gids))
+        return [SampleScore(e, r, float(r.sum()), a) for e, r, a in zip(deviations, rewards, advs)]
 
     def score(
         self,
@@ -105,10 +155,6 @@ class FlowScorer:
         group_ids: Sequence[str] | None = None,
     ) -> list[SampleScore]:
         options = options or ScoreOptions()
+        self.check_options(options)
         devs = self.deviations(prompts, responses, options.timesteps, options.noise_draws)
-        rewards = [token_rewards(e, options.reward) for e in devs]
-        advs: list[torch.Tensor | None] = [None] * len(devs)
-        if outcome_rewards is not None:
-            gids = list(group_ids) if group_ids is not None else [str(i) for i in range(len(devs))]
-            advs = list(group_advantages(rewards, outcome_rewards, gids))
-        return [SampleScore(e, r, float(r.sum()), a) for e, r, a in zip(devs, rewards, advs)]
+        return self.shape(devs, options, outcome_rewards, group_ids)

@@ -5,8 +5,8 @@ The console script points here, so the library package never imports the service
 
 from __future__ import annotations
 
-import contextlib
 import os
+import signal
 from pathlib import Path
 
 import typer
@@ -16,18 +16,12 @@ from flowfield.cli import app
 from service.bench import bench_command  # stdlib + typer only; torch loads when it runs
 
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn.Server that exits 0 after a SIGTERM/SIGINT drain.
-
-    uvicorn re-raises the caught signal once its graceful shutdown is over, which makes a
-    clean, drained stop look like a kill (exit -15) to supervisors and tests.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        with super().capture_signals():
-            yield
-            self._captured_signals.clear()
+def _exit_drained(signum: int, frame: object) -> None:
+    """SIGTERM/SIGINT handler installed before uvicorn starts. uvicorn catches the signal,
+    drains, restores the handlers it found (this one) and raises the signal again, which
+    lands here: exit 0, a clean stop, instead of the default action's death by signal (-15)
+    that supervisors and tests would read as a kill. Before uvicorn runs it just exits."""
+    raise SystemExit(0)
 
 
 @app.command()
@@ -69,7 +63,9 @@ def serve(
         timeout_graceful_shutdown=30,
         access_log=False,
     )
-    DrainingServer(config).run()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_drained)
+    uvicorn.Server(config).run()
 
 
 @app.command()

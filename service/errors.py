@@ -43,8 +43,21 @@ def error_response(
     sample_id: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
-    body = {"code": code, "message": message, "field": field, "sample_id": sample_id}
+    body = {
+        "code": code,
+        "message": _printable(message),
+        "field": _printable(field),
+        "sample_id": _printable(sample_id),
+    }
     return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _printable(text: str | None) -> str | None:
+    """Text that encodes as UTF-8: an echoed lone surrogate ("\\ud800" sent as a JSON
+    escape) is written out as that escape instead of failing the response."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

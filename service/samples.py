@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from flowfield.encoder import LatentEncoder
+from flowfield.encoder import NO_TOKENIZER, LatentEncoder
 from service.errors import ApiError
 from service.settings import Settings
 
@@ -56,17 +56,18 @@ def check_request_limits(samples: Sequence[HasTokens], settings: Settings) -> No
 def resolve_ids(
     samples: Sequence[HasTokens], encoder: LatentEncoder, settings: Settings
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Token ids per sample (ids win over text); 422 if a sample exceeds the token limit."""
+    """Token ids per sample (ids win over text); 422 if a sample exceeds the token limit.
+
+    Text that cannot be tokenised (the policy has no tokenizer) gives empty ids here and
+    is reported per sample by sample_problem.
+    """
     prompts, responses = [], []
     for i, s in enumerate(samples):
-        if s.prompt_ids is not None:
-            p = list(s.prompt_ids)
-        else:
-            p = encoder.tokenize(s.prompt or "", "")[0]
+        p = list(s.prompt_ids) if s.prompt_ids is not None else _text_ids(encoder, s.prompt, 0)
         if s.response_ids is not None:
             r = list(s.response_ids)
         else:
-            r = encoder.tokenize("", s.response or "")[1]
+            r = _text_ids(encoder, s.response, 1)
         if len(p) + len(r) > settings.max_tokens_per_sample:
             raise ApiError(
                 422,
@@ -81,8 +82,30 @@ def resolve_ids(
     return prompts, responses
 
 
-def sample_problem(prompt: list[int], response: list[int], encoder: LatentEncoder) -> str | None:
+def _text_ids(encoder: LatentEncoder, text: str | None, part: int) -> list[int]:
+    if text and not encoder.has_tokenizer:
+        return []
+    pair = ("", text or "") if part else (text or "", "")
+    return encoder.tokenize(*pair)[part]
+
+
+def needs_tokenizer(sample: HasTokens) -> bool:
+    """Whether a sample sent text where ids are missing."""
+    return bool(
+        (sample.prompt_ids is None and sample.prompt)
+        or (sample.response_ids is None and sample.response)
+    )
+
+
+def sample_problem(
+    prompt: list[int],
+    response: list[int],
+    encoder: LatentEncoder,
+    sample: HasTokens | None = None,
+) -> str | None:
     """Why this sample cannot be scored by this encoder, or None."""
+    if sample is not None and not encoder.has_tokenizer and needs_tokenizer(sample):
+        return NO_TOKENIZER
     if not response:
         return "empty response: nothing to score"
     vocab = encoder.vocab_size

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowfield.rewards import RewardOptions, group_advantages, token_rewards
-from flowfield.scorer import FlowScorer, SampleScore
+from flowfield.rewards import RewardOptions
+from flowfield.scorer import FlowScorer, SampleScore, ScoreOptions
 from service import metrics
 
 log = logging.getLogger("flowfield.scheduler")
@@ -84,8 +84,12 @@ def _observe_many(hist, values: torch.Tensor) -> None:
             hist.observe(x)
 
 
-def run_batch(scorer: FlowScorer, jobs: list[ScoreJob]) -> list[JobResult]:
-    """Blocking: one encoder + flow pass for all jobs, then per-job shaping."""
+def run_batch(scorer: FlowScorer, jobs: list[ScoreJob]) -> list[JobResult | ValueError]:
+    """Blocking: one encoder + flow pass for all jobs, then per-job shaping.
+
+    A job whose options this flow cannot serve (ValueError from the scorer, e.g. "expert"
+    normalisation on a flow without calibration) fails alone; the others are answered.
+    """
     prompts = [p for j in jobs for p in j.prompts]
     responses = [r for j in jobs for r in j.responses]
     devs = scorer.deviations(prompts, responses, jobs[0].timesteps, jobs[0].noise_draws)
@@ -93,25 +97,20 @@ def run_batch(scorer: FlowScorer, jobs: list[ScoreJob]) -> list[JobResult]:
     for j in jobs:
         mine = devs[k : k + len(j.responses)]
         k += len(j.responses)
-        rewards = [token_rewards(e, j.reward_options) for e in mine]
-        advs: list = [None] * len(mine)
-        if j.outcome_rewards is not None:
-            advs = group_advantages(rewards, j.outcome_rewards, j.group_ids or [])
-        out.append(
-            JobResult(
-                [SampleScore(e, r, float(r.sum()), a) for e, r, a in zip(mine, rewards, advs)],
-                scorer.version,
-                scorer.encoder.identity.label(),
-            )
-        )
-    if devs:
+        options = ScoreOptions(j.reward_options, j.timesteps, j.noise_draws)
+        try:
+            scores = scorer.shape(mine, options, j.outcome_rewards, j.group_ids)
+        except ValueError as e:
+            out.append(e)
+            continue
+        out.append(JobResult(scores, scorer.version, scorer.encoder.identity.label()))
+    scored = [s for res in out if isinstance(res, JobResult) for s in res.scores]
+    if devs and scored:
         all_e = torch.cat(devs)
-        all_r = torch.cat([s.token_rewards for res in out for s in res.scores])
+        all_r = torch.cat([s.token_rewards for s in scored])
         _observe_many(metrics.DEVIATION, all_e)
         _observe_many(metrics.TOKEN_REWARD, all_r[all_r != 0])
-        _observe_many(
-            metrics.FLOW_RETURN, torch.tensor([s.flow_return for res in out for s in res.scores])
-        )
+        _observe_many(metrics.FLOW_RETURN, torch.tensor([s.flow_return for s in scored]))
         metrics.TOKENS_SCORED.inc(int(all_e.numel()))
     return out
 
@@ -224,5 +223,9 @@ class ScoreScheduler:
                         j.future.set_exception(e)
                 continue
             for j, r in zip(batch, results):
-                if not j.future.done():
+                if j.future.done():
+                    continue
+                if isinstance(r, Exception):
+                    j.future.set_exception(r)
+                else:
                     j.future.set_result(r)

@@ -2,13 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 # reject NaN/inf everywhere a number is read; ids must be real integers, not "3" or 3.0
 _STRICT = ConfigDict(allow_inf_nan=False, str_max_length=1_000_000)
 Number = StrictFloat | StrictInt
+
+
+def _valid_unicode(v: str) -> str:
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"): not text, and it cannot be
+    tokenised, logged or echoed back as UTF-8; refuse it where it is read."""
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(
+            f"not valid Unicode text: a lone UTF-16 surrogate at character {e.start}"
+        ) from None
+    return v
+
+
+Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class ScoreOptionsIn(BaseModel):
@@ -16,8 +40,8 @@ class ScoreOptionsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    normalization: Literal["bilateral", "unilateral"] | None = None
-    beta: Number | None = None
+    normalization: Literal["bilateral", "unilateral", "expert"] | None = None
+    beta: Number | None = Field(None, ge=0)  # -beta * s: a negative beta inverts the reward
     threshold: Number | None = Field(None, ge=0)
     top_k: StrictInt | None = Field(None, ge=0, le=1_000_000)
     timesteps: list[Number] | None = Field(None, min_length=1, max_length=16)
@@ -29,12 +53,12 @@ class ScoreOptionsIn(BaseModel):
 class ScoreSample(BaseModel):
     model_config = _STRICT
 
-    id: StrictStr = Field(min_length=1, max_length=256)
-    group_id: StrictStr | None = Field(None, max_length=256)
+    id: Text = Field(min_length=1, max_length=256)
+    group_id: Text | None = Field(None, max_length=256)
     prompt_ids: list[StrictInt] | None = None
     response_ids: list[StrictInt] | None = None
-    prompt: StrictStr | None = None
-    response: StrictStr | None = None
+    prompt: Text | None = None
+    response: Text | None = None
     reward: Number | None = None
 
 
@@ -59,24 +83,26 @@ class ScoreResult(BaseModel):
 class ScoreResponse(BaseModel):
     flow_version: int
     encoder: str
+    # the normalisation the token rewards were shaped with (the request's, else the default)
+    normalization: str | None = None
     results: list[ScoreResult]
 
 
 class UpdateSampleIn(BaseModel):
     model_config = _STRICT
 
-    id: StrictStr = Field(min_length=1, max_length=256)
+    id: Text = Field(min_length=1, max_length=256)
     prompt_ids: list[StrictInt] | None = None
     response_ids: list[StrictInt] | None = None
-    prompt: StrictStr | None = None
-    response: StrictStr | None = None
+    prompt: Text | None = None
+    response: Text | None = None
     reward: Number
 
 
 class UpdateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    update_id: StrictStr | None = Field(None, min_length=1, max_length=256)
+    update_id: Text | None = Field(None, min_length=1, max_length=256)
     samples: list[UpdateSampleIn]
 
 
@@ -101,9 +127,9 @@ class FlowInfo(BaseModel):
 class PolicyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: StrictStr = Field(min_length=1)
-    revision: StrictStr | None = Field(None, max_length=256)
-    name: StrictStr | None = Field(None, max_length=256)
+    path: Text = Field(min_length=1, max_length=4096)  # PATH_MAX on Linux
+    revision: Text | None = Field(None, max_length=256)
+    name: Text | None = Field(None, max_length=256)
 
 
 class PolicyResponse(BaseModel):
@@ -153,7 +179,7 @@ class GraphStep(BaseModel):
 class GraphTrajectory(BaseModel):
     model_config = ConfigDict(allow_inf_nan=False)
 
-    id: StrictStr = Field(min_length=1, max_length=256)
+    id: Text = Field(min_length=1, max_length=256)
     steps: list[GraphStep] = Field(max_length=10_000)
     final_state: JsonValue
     final_reward: Number = 0.0
@@ -162,7 +188,7 @@ class GraphTrajectory(BaseModel):
 
 
 class GraphGroup(BaseModel):
-    group_id: StrictStr = Field(min_length=1, max_length=256)
+    group_id: Text = Field(min_length=1, max_length=256)
     trajectories: list[GraphTrajectory] = Field(min_length=1, max_length=1024)
 
 

@@ -6,33 +6,46 @@ FLOWFIELD_CONFIG supplies defaults; environment variables win over it.
 
 from __future__ import annotations
 
-import json
 import os
-import tomllib
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from flowfield.rewards import NORMALIZATIONS
 
 DEMO_ASSETS = Path(__file__).resolve().parent.parent / "flowfield" / "demo" / "assets"
 
 
-class _ConfigFileSource(PydanticBaseSettingsSource):
-    """Values from the file named by FLOWFIELD_CONFIG (.json or .toml), below env vars."""
-
-    def get_field_value(self, field, field_name):  # pragma: no cover - unused by __call__
-        return None, field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        path = os.environ.get("FLOWFIELD_CONFIG")
-        if not path:
-            return {}
-        p = Path(path)
-        text = p.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if p.suffix == ".toml" else json.loads(text)
-        return {k.lower(): v for k, v in data.items()}
+def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
+    """pydantic-settings' own JSON or TOML source for the file named by FLOWFIELD_CONFIG
+    (by its suffix: .toml is TOML, anything else JSON); None when the variable is unset."""
+    path = os.environ.get("FLOWFIELD_CONFIG")
+    if not path:
+        return None
+    p = Path(path)
+    if not p.is_file():  # the library's sources skip a missing file silently; a typo should fail
+        raise FileNotFoundError(f"FLOWFIELD_CONFIG names {p}, which is not a file")
+    if p.suffix == ".toml":
+        source: PydanticBaseSettingsSource = TomlConfigSettingsSource(settings_cls, toml_file=p)
+        data = source.toml_data
+    else:
+        source = JsonConfigSettingsSource(settings_cls, json_file=p)
+        data = source.json_data
+    unknown = sorted(set(data) - set(settings_cls.model_fields))
+    if unknown:  # the sources ignore them; a misspelt or upper-case key should not go unnoticed
+        raise ValueError(
+            f"{p}: unknown settings {unknown}; keys are the setting names in lower case, "
+            "without the FLOWFIELD_ prefix (e.g. port, top_k)"
+        )
+    return source
 
 
 class Settings(BaseSettings):
@@ -51,7 +64,11 @@ class Settings(BaseSettings):
     noise_seed: int = Field(0, description="seed of the fixed noise bank (deterministic rewards)")
 
     # scoring defaults (RLFR.md numbers)
-    normalization: str = Field("bilateral", description="default: bilateral or unilateral")
+    normalization: str = Field(
+        "expert",
+        description="default: expert (bilateral for a flow without calibration), bilateral "
+        "or unilateral",
+    )
     beta: float = Field(0.01, description="default reward scale: r = -beta * s")
     threshold: float = Field(0.6, description="default eta: zero tokens with |s| <= eta")
     top_k: int = Field(15, description="default K: keep at most K tokens (0 = all)")
@@ -68,6 +85,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(8 * 1024 * 1024, description="larger bodies get 413")
     max_samples: int = Field(1024, description="samples per request (422 above)")
     max_tokens_per_sample: int = Field(4096, description="prompt + response tokens (422 above)")
+    max_request_cost: int = Field(
+        1 << 25,
+        description="tokens x hooked layers x timesteps x noise draws per /score request "
+        "(422 above)",
+    )
 
     # scheduler
     batch_max_tokens: int = Field(32768, description="tokens per scoring batch")
@@ -107,15 +129,22 @@ class Settings(BaseSettings):
     @field_validator("normalization")
     @classmethod
     def _norm(cls, v: str) -> str:
-        if v not in ("bilateral", "unilateral"):
-            raise ValueError("normalization must be bilateral or unilateral")
+        if v not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}")
         return v
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
-    ):
-        return (init_settings, env_settings, _ConfigFileSource(settings_cls), file_secret_settings)
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Init arguments, then FLOWFIELD_* variables, then the FLOWFIELD_CONFIG file."""
+        file = config_file_source(settings_cls)
+        return (init_settings, env_settings, *([file] if file else []), file_secret_settings)
 
 
 @lru_cache

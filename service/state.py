@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 from fastapi import Request
+from transformers import AutoTokenizer
 
 from flowfield.checkpoint import check_compatible
-from flowfield.encoder import LatentEncoder
+from flowfield.encoder import TOKENIZER_FILES, LatentEncoder
 from flowfield.objective import NoiseBank
 from flowfield.scorer import FlowScorer
 from service import metrics
@@ -84,7 +85,11 @@ class ServiceState:
                 "hidden_size": encoder.hidden_size,
                 "layers": encoder.layers,
                 "layer_fractions": list(encoder.layer_fractions),
+                "layer_mapping": encoder.describe_layers(),
                 "flow_version": version,
+                "flow_standardized": meta.config.standardize,
+                "flow_calibrated": meta.calibration is not None,
+                "normalization": s.normalization,
                 "flow_path": str(self.store.path(version)),
                 "context": meta.config.context,
                 "queue_backend": self.queue_backend,
@@ -94,6 +99,12 @@ class ServiceState:
                 "bind": f"{s.host}:{s.port}",
             },
         )
+        if s.normalization == "expert" and meta.calibration is None:
+            log.warning(
+                "the flow has no calibration (fitted by an older flowfield, or saved by hand): requests "
+                "without a normalization get bilateral, and normalization=expert is refused; "
+                "refit with `flowfield fit` to calibrate it"
+            )
         if self.queue_backend == "memory":
             log.info(
                 "embedded mode: accepted update samples are held in memory until trained; "
@@ -191,10 +202,21 @@ class ServiceState:
                 await asyncio.sleep(1.0)
 
     async def reload_policy(self, path: Path, revision: str | None, name: str | None) -> None:
-        """Load a new policy checkpoint as the encoder; the flow must still fit it."""
+        """Load a new policy checkpoint as the encoder; the flow must still fit it.
+
+        Raises PolicyLoadError (a ValueError) when the checkpoint does not load, e.g. corrupt
+        weights or tokenizer files that do not parse; the current policy stays in service.
+        """
         async with self._swap_lock:
             current = self.scorer
-            encoder = await asyncio.to_thread(self._load_encoder, path, name, revision)
+            try:
+                encoder = await asyncio.to_thread(self._load_encoder, path, name, revision)
+            except Exception as e:  # safetensors, tokenizers and torch raise their own types
+                raise PolicyLoadError(_short(f"{type(e).__name__}: {e}")) from e
+            if not encoder.has_tokenizer and any((path / f).is_file() for f in TOKENIZER_FILES):
+                # the encoder falls back to ids-only; a reload must not silently lose text input
+                why = await asyncio.to_thread(_tokenizer_error, path)
+                raise PolicyLoadError(_short(f"its tokenizer files do not load ({why})"))
             check_compatible(current.meta, encoder.identity, encoder.layer_fractions)
             self.runtime.scorer = FlowScorer(encoder, current.flow, current.meta, noise=self._noise)
             if self.learner is not None:
@@ -203,6 +225,22 @@ class ServiceState:
             log.info(
                 "policy reloaded", extra={"encoder": encoder.identity.label(), "path": str(path)}
             )
+
+
+class PolicyLoadError(ValueError):
+    """A policy checkpoint that cannot be loaded (POST /v1/policy answers 422)."""
+
+
+def _short(text: str, limit: int = 500) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _tokenizer_error(path: Path) -> str:
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return f"the tokenizer is empty ({len(tok)} tokens)"
 
 
 def get_state(request: Request) -> ServiceState:

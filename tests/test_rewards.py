@@ -97,3 +97,68 @@ def test_reward_options_validate():
         RewardOptions(top_k=-1)
     with pytest.raises(ValueError):
         RewardOptions(threshold=float("nan"))
+
+
+# "expert" normalisation: standardised against held-out expert statistics, sign kept
+
+
+def _cal(mean=0.0, std=1.0, ts=(0.8,)):
+    from flowfield.rewards import Calibration
+
+    return Calibration(log_mean=mean, log_std=std, timesteps=ts)
+
+
+def test_expert_normalisation_is_a_clipped_log_z_score():
+    import math
+
+    cal = _cal(mean=math.log(2.0), std=0.5)
+    # log e = log 2 + z * 0.5: z = 0, 1.5, 3, 6, -1.5
+    e = torch.exp(torch.log(t(2.0, 2.0, 2.0, 2.0, 2.0)) + 0.5 * t(0.0, 1.5, 3.0, 6.0, -1.5))
+    s = normalize(e, "expert", cal)
+    assert s.tolist() == pytest.approx([0.0, 0.5, 1.0, 1.0, -0.5])
+
+
+def test_expert_normalisation_keeps_the_sequence_level_sign():
+    """Per-sequence min-max gives a spiky high-deviation rollout a higher return than a clean
+    one; expert normalisation gives it a lower one (the issue with min-max, RLFR.md s5)."""
+    import math
+
+    cal = _cal(mean=math.log(1.0), std=0.5)
+    clean = t(1.0, 1.1, 0.9, 1.0, 1.2, 0.95, 1.0, 1.3)  # all within expert range
+    spiky = t(1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 10.0)  # one far-off token (an error)
+    opts = RewardOptions(normalization="expert", beta=0.01, threshold=0.3, top_k=0)
+    r_clean, r_spiky = token_rewards(clean, opts, cal), token_rewards(spiky, opts, cal)
+    assert r_clean.sum().item() == 0.0  # nothing stands out from expert data
+    # the scale: a token 3 sigma above the expert mean gets the full penalty -beta
+    assert r_spiky.tolist() == pytest.approx([0.0] * 7 + [-0.01])
+    bil = RewardOptions(normalization="bilateral", beta=0.01, threshold=0.3, top_k=0)
+    assert token_rewards(spiky, bil).sum() > token_rewards(clean, bil).sum()  # the inversion
+
+
+def test_expert_top_k_keeps_the_largest_magnitudes_and_needs_a_calibration():
+    import math
+
+    cal = _cal(mean=0.0, std=1.0)
+    e = torch.exp(t(3.0, -3.0, 2.5, 0.1, 2.0) * 3.0 / 3.0 * 1.0)
+    s = filter_tokens(normalize(e, "expert", cal), 0.5, 2, "expert")
+    assert (s != 0).nonzero().flatten().tolist() == [0, 1]  # |s| = 1, 1 beat 0.83, 0.67
+    with pytest.raises(ValueError, match="calibration"):
+        normalize(t(1.0, 2.0), "expert")
+    with pytest.raises(ValueError, match="calibrated at timesteps"):
+        cal.check((0.5,))
+    cal.check((0.8,))
+    assert math.isclose(_cal(std=2.0).to_dict()["log_std"], 2.0)
+
+
+def test_calibration_from_expert_deviations_round_trips():
+    from flowfield.rewards import Calibration
+
+    e = torch.exp(torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 0.7 + 1.0)
+    cal = Calibration.from_deviations(e, (0.8,))
+    assert cal.log_mean == pytest.approx(1.0, abs=0.1)
+    assert cal.log_std == pytest.approx(0.7, abs=0.05)
+    assert Calibration.from_dict(cal.to_dict()) == cal
+    # expert tokens themselves normalise to about zero on average
+    assert normalize(e, "expert", cal).mean().item() == pytest.approx(0.0, abs=0.02)
+    with pytest.raises(ValueError):
+        Calibration(log_mean=0.0, log_std=0.0)

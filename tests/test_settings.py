@@ -35,5 +35,5 @@ def test_config_file_then_environment(tmp_path, monkeypatch):
 
 def test_invalid_settings_are_refused(monkeypatch):
     monkeypatch.setenv("FLOWFIELD_NORMALIZATION", "sideways")
-    with pytest.raises(ValidationError, match="bilateral or unilateral"):
+    with pytest.raises(ValidationError, match="bilateral, unilateral, expert"):
         Settings()

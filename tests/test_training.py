@@ -30,7 +30,7 @@ def test_token_budget_batches_cover_everything_within_budget():
 def test_fit_lowers_the_loss_and_writes_a_checkpoint(tmp_path, llama_dir):
     enc = LatentEncoder(llama_dir)
     samples = _samples()
-    cfg = FitConfig(epochs=6, batch_tokens=128, lr=3e-3, depth=2, replicas=2)
+    cfg = FitConfig(epochs=6, batch_tokens=128, lr=3e-3, depth=2, replicas=2, standardize=False)
     res = fit_flow(enc, samples, tmp_path / "flow", cfg, progress=False)
     net, meta = load_flow(tmp_path / "flow", enc.identity)
     assert meta.samples_trained == len(samples)

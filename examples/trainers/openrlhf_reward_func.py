@@ -13,14 +13,16 @@ For flow rewards alone, no file is needed: --reward.remote_url http://<service>/
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from flowfield_client.adapters.openrlhf import FlowfieldOpenRLHFReward
 
 
-def verify(prompt: str, response: str, label: str) -> float:
-    """1.0 when the response's final answer ("A:<digits>.") equals the label."""
+def verify(prompt: str, response: str, label: Any) -> float:
+    """1.0 when the response's final answer ("A:<digits>.") equals the label (the dataset's
+    value as OpenRLHF passes it: a number or a string)."""
     m = re.search(r"A:(\d+)\.", response)
-    label = label.strip()
+    label = str(label).strip()
     return 1.0 if m is not None and label.isdigit() and int(m.group(1)) == int(label) else 0.0
 
 

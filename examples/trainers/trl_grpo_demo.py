@@ -98,7 +98,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     flow = flowfield_reward_func(
         args.url,
         verifier=accuracy,  # decides what is pushed to /update
-        eos_token_ids=[tokenizer.eos_token_id],
         flow_weight=args.flow_weight,
     )
     config = GRPOConfig(
@@ -128,6 +127,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         processing_class=tokenizer,
         callbacks=[versions],
     )
+    # send the prompt ids the trainer generated from and strip its EOS ids (chat template,
+    # template kwargs, tools and EOS ids come from the trainer)
+    flow.adapter.bind(trainer)  # type: ignore[attr-defined]
     t0 = time.monotonic()
     trainer.train()
     train_s = time.monotonic() - t0
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "flow_version_end": end_version,
         "flow_version_per_step": versions.versions,
         "train_seconds": round(train_s, 2),
+        "eos_token_id": tokenizer.eos_token_id,
         "reward_function": {
             "calls": stats.calls,
             "scored": stats.scored,
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "updates": stats.updates,
             "update_failures": stats.update_failures,
             "flow_versions_seen": stats.flow_versions,
+            "sends_prompt_ids": flow.adapter.tokenizer is not None,  # type: ignore[attr-defined]
+            "eos_token_ids": sorted(flow.adapter.eos_token_ids),  # type: ignore[attr-defined]
         },
         "log_history": trainer.state.log_history,
     }

@@ -1,20 +1,20 @@
-"""verl recipe: flowfield's dense token rewards through a custom reward manager.
+"""verl 0.9.x recipe: flowfield's flow rewards through verl's reward loop.
 
-Load the manager by file path, with the verifier as verl's custom reward function
-(option names of verl releases whose reward manager is a config group; older releases
-register managers by name instead, see docs/clients.md):
+The reward manager comes from the client package; this file holds the demo task's verifier,
+loaded as verl's custom reward function:
 
-    python -m verl.trainer.main_ppo ... \
-        reward_model.reward_manager.source=importlib \
-        reward_model.reward_manager.name=FlowfieldRewardManager \
-        reward_model.reward_manager.module.path=examples/trainers/verl_flowfield_reward.py \
-        custom_reward_function.path=examples/trainers/verl_flowfield_reward.py \
-        custom_reward_function.name=compute_score \
-        +reward_model.reward_kwargs.flowfield_url=http://flowfield:8000 \
-        +reward_model.reward_kwargs.dense=true
+    python -m verl.trainer.main_ppo ... \\
+        reward.reward_manager.source=importlib \\
+        reward.reward_manager.name=FlowfieldRewardManager \\
+        reward.reward_manager.module.path=pkg://flowfield_client.adapters.verl \\
+        reward.custom_reward_function.path=examples/trainers/verl_flowfield_reward.py \\
+        reward.custom_reward_function.name=compute_score \\
+        +reward.reward_kwargs.flowfield_url=http://flowfield:8000
 
-With GRPO (algorithm.adv_estimator=grpo) verl sums the token rewards per response, so only
-the flow return counts; PPO with GAE (adv_estimator=gae) and REINFORCE++ use them per token.
+Each response's reward is the verifier's plus the flow return (what GRPO, RLOO and the other
+outcome estimators use). For RLFR's dense token advantages add
+`+reward.reward_kwargs.dense=true algorithm.adv_estimator=flowfield_grpo trainer.use_v1=false`
+(docs/clients.md explains why the legacy trainer).
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from flowfield_client.adapters.verl import FlowfieldRewardManager
-
-__all__ = ["FlowfieldRewardManager", "compute_score"]
+__all__ = ["compute_score"]
 
 
 def compute_score(

@@ -5,15 +5,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    GPT2Config,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from flowfield.demo.task import Problem, expert_solution, first_error, verify
+from flowfield.encoder import cache_argument
 
 MAX_RESPONSE_TOKENS = 48
 
 
-def policy_config(vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
-    # ~0.6M parameters: small enough to train on two CPU cores in minutes and to commit.
+ARCHS = ("llama", "gpt2")
+
+
+def policy_config(
+    vocab_size: int, pad_id: int, eos_id: int, arch: str = "llama"
+) -> PretrainedConfig:
+    # ~0.6-0.8M parameters: small enough to train on two CPU cores in minutes and to commit.
+    if arch == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=128,
+            n_layer=4,
+            n_head=4,
+            n_positions=128,
+            tie_word_embeddings=True,
+            pad_token_id=pad_id,
+            eos_token_id=eos_id,
+            bos_token_id=eos_id,
+        )
+    if arch != "llama":
+        raise ValueError(f"arch must be one of {ARCHS}")
     return LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=128,
@@ -29,10 +56,12 @@ def policy_config(vocab_size: int, pad_id: int, eos_id: int) -> LlamaConfig:
     )
 
 
-def new_policy(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> LlamaForCausalLM:
+def new_policy(
+    tokenizer: PreTrainedTokenizerBase, seed: int = 0, arch: str = "llama"
+) -> PreTrainedModel:
     torch.manual_seed(seed)
-    cfg = policy_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id)
-    return LlamaForCausalLM(cfg)
+    cfg = policy_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, arch)
+    return AutoModelForCausalLM.from_config(cfg)
 
 
 @dataclass
@@ -60,6 +89,7 @@ def sample_rollouts(
     """
     gen = torch.Generator().manual_seed(seed)
     eos = tokenizer.eos_token_id
+    cache_kw = cache_argument(model)
     out: list[Rollout] = []
     model.eval()
     for start in range(0, len(problems), batch_size):
@@ -72,8 +102,8 @@ def sample_rollouts(
         past = None
         step_input = ids
         for _ in range(MAX_RESPONSE_TOKENS):
-            res = model(input_ids=step_input, past_key_values=past, use_cache=True)
-            past = res.past_key_values
+            res = model(input_ids=step_input, **{cache_kw: past}, use_cache=True)
+            past = res.cache if cache_kw == "cache" else res.past_key_values
             logits = res.logits[:, -1, :].float()
             probs = torch.softmax(logits / max(temperature, 1e-6), dim=-1)
             nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 import typer
-from tqdm import tqdm
 
 from flowfield.demo.policy import expert_rollout, new_policy, sample_rollouts
 from flowfield.demo.task import split_problems
 from flowfield.demo.tokenizer import build_tokenizer
+from flowfield.progress import progress_bar
 
 log = logging.getLogger("flowfield.demo")
 
@@ -35,11 +35,14 @@ def main(
     eval_problems: int = 256,
     target_accuracy: float = 0.5,
     threads: int = 2,
+    arch: str = typer.Option(
+        "gpt2", help="gpt2 or llama (same size; a flow reads GPT-2's latents far better)"
+    ),
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(threads)
     tok = build_tokenizer()
-    model = new_policy(tok, seed)
+    model = new_policy(tok, seed, arch)
     train_problems, _, _ = split_problems(seed)
     val_problems, train_problems = train_problems[:eval_problems], train_problems[eval_problems:]
 
@@ -63,9 +66,10 @@ def main(
     gen = torch.Generator().manual_seed(seed)
     history = []
     t0 = time.time()
-    bar = tqdm(range(1, max_steps + 1), desc="policy", unit="step")
+    bar = progress_bar(max_steps, "policy", "step")
     accuracy = 0.0
-    for step in bar:
+    for step in range(1, max_steps + 1):
+        bar.update(1)
         model.train()
         idx = torch.randint(0, len(rows), (batch_size,), generator=gen)
         x, m = ids[idx], loss_mask[idx]

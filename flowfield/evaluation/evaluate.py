@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from flowfield.encoder import LatentEncoder
 from flowfield.evaluation.logits import token_logit_stats
@@ -36,6 +35,8 @@ from flowfield.evaluation.metrics import (
     most_penalised,
 )
 from flowfield.evaluation.tokens import class_table, demo_token_classes, string_token_classes
+from flowfield.progress import progress_bar
+from flowfield.rewards import NORMALIZATIONS
 from flowfield.scorer import FlowScorer, ScoreOptions
 
 # sequence-level scores (each oriented: higher = more likely incorrect): key -> label
@@ -43,10 +44,16 @@ SEQUENCE_SCORES: dict[str, str] = {
     "flow_mean_deviation": "flow: mean deviation",
     "flow_max_deviation": "flow: max deviation",
     "flow_return": "flow: flow return (low = incorrect)",
+    "flow_return_bilateral": "flow: return, bilateral normalisation",
+    "flow_return_unilateral": "flow: return, unilateral normalisation",
+    "flow_return_expert": "flow: return, expert normalisation",
     "nll_mean": "policy: mean token NLL",
     "entropy_mean": "policy: mean token entropy",
     "nll_max": "policy: max token NLL",
+    "flow_plus_nll": "flow + policy: rank sum of mean deviation and mean NLL",
 }
+# a "confident error": the policy gave the first wrong token at least this probability
+CONFIDENT_P = 0.2
 # token picked in an incorrect rollout for localisation: key -> label
 PICKS: dict[str, str] = {
     "flow_min_reward": "flow: most-penalised token (min reward)",
@@ -80,6 +87,7 @@ class ScoredRollout:
     entropy: np.ndarray | None = None  # [n]
     tokens: list[str] = field(default_factory=list)  # the text of each response token
     classes: list[str] = field(default_factory=list)
+    returns: dict[str, float] = field(default_factory=dict)  # flow return per normalisation
 
 
 def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]:
@@ -119,8 +127,8 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
                 raise ValueError(f"{path}:{n}: empty response")
             if not all(isinstance(i, int) and 0 <= i < vocab for i in p + r):
                 raise ValueError(f"{path}:{n}: token ids must be integers in [0, {vocab})")
-            prompt = prompt or encoder.tokenizer.decode(p)
-            response = response or encoder.tokenizer.decode(r)
+            prompt = prompt or "".join(token_strings(encoder, p))
+            response = response or "".join(token_strings(encoder, r))
             fe = row.get("first_error")
             if fe is not None and not isinstance(fe, int):
                 raise ValueError(f"{path}:{n}: first_error must be a token index")
@@ -133,7 +141,12 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
 
 
 def token_strings(encoder: LatentEncoder, ids: Sequence[int]) -> list[str]:
-    """The text of each token on its own (what the HTML view and the class table show)."""
+    """The text of each token on its own (what the HTML view and the class table show).
+
+    A policy without a tokenizer shows ids as "<id>".
+    """
+    if encoder.tokenizer is None:
+        return [f"<{i}>" for i in ids]
     return [encoder.tokenizer.decode([i]) for i in ids]
 
 
@@ -156,12 +169,19 @@ def score_rollouts(
 ) -> list[ScoredRollout]:
     """Flow deviations and rewards (FlowScorer), and the policy's NLL/entropy when lm is given."""
     out: list[ScoredRollout] = []
-    bar = tqdm(total=len(rollouts), desc=desc, unit="rollout", disable=not progress)
+    bar = progress_bar(len(rollouts), desc, "rollout", progress)
     for start in range(0, len(rollouts), chunk):
         part = rollouts[start : start + chunk]
         scores = scorer.score([r.prompt_ids for r in part], [r.response_ids for r in part], options)
         for r, s in zip(part, scores):
             toks = token_strings(scorer.encoder, r.response_ids)
+            returns = {}
+            for mode in NORMALIZATIONS:  # the same deviations under every normalisation
+                o = replace(options, reward=replace(options.reward, normalization=mode))
+                try:
+                    returns[mode] = scorer.shape([s.deviations], o)[0].flow_return
+                except ValueError:  # "expert" without a calibration at these timesteps
+                    continue
             out.append(
                 ScoredRollout(
                     r,
@@ -169,15 +189,15 @@ def score_rollouts(
                     s.token_rewards.numpy(),
                     s.flow_return,
                     tokens=toks,
+                    returns=returns,
                 )
             )
         bar.update(len(part))
     bar.close()
     if lm is not None:
-        pad = scorer.encoder.tokenizer.pad_token_id
-        bar = tqdm(
-            total=len(rollouts), desc="policy NLL/entropy", unit="rollout", disable=not progress
-        )
+        tok = scorer.encoder.tokenizer
+        pad = tok.pad_token_id if tok is not None else None
+        bar = progress_bar(len(rollouts), "policy NLL/entropy", "rollout", progress)
         for start in range(0, len(out), chunk):
             part = out[start : start + chunk]
             stats = token_logit_stats(
@@ -215,6 +235,8 @@ def sequence_scores(s: ScoredRollout) -> dict[str, float]:
         "flow_max_deviation": float(s.deviations.max()),
         "flow_return": -s.flow_return,
     }
+    for mode, ret in s.returns.items():
+        out[f"flow_return_{mode}"] = -ret
     if s.nll is not None and s.entropy is not None:
         out["nll_mean"] = _nanmean(s.nll)
         out["entropy_mean"] = _nanmean(s.entropy)
@@ -245,11 +267,8 @@ def metrics_for(
     incorrect = np.array([s.rollout.reward < correct_threshold for s in scored])
     n_bad = int(incorrect.sum())
     per = [sequence_scores(s) for s in scored]
-    auroc = {}
-    for key in SEQUENCE_SCORES:
-        if all(key in p for p in per):
-            values = np.array([p[key] for p in per])
-            auroc[key] = bootstrap_auroc(values, incorrect, bootstrap, seed).to_dict()
+    _add_rank_sum(per)
+    auroc = _aurocs(per, incorrect, bootstrap, seed)
 
     # localisation: incorrect rollouts whose first error is a scored response token
     located = [
@@ -277,6 +296,8 @@ def metrics_for(
         }
         loc["random"] = localisation([0] * len(fe), fe, lengths).random
 
+    confident = confident_errors(scored, incorrect, per, bootstrap, seed)
+
     table = class_table(
         [s.classes for s in scored],
         [s.rewards for s in scored],
@@ -292,7 +313,83 @@ def metrics_for(
         "mean_deviation_incorrect": _mean_of(scored, incorrect),
         "auroc": auroc,
         "localisation": loc,
+        "confident_errors": confident,
         "token_classes": [c.to_dict() for c in table],
+    }
+
+
+def _aurocs(per: list[dict[str, float]], positive: np.ndarray, bootstrap: int, seed: int) -> dict:
+    out = {}
+    for key in SEQUENCE_SCORES:
+        if per and all(key in p for p in per):
+            values = np.array([p[key] for p in per])
+            out[key] = bootstrap_auroc(values, positive, bootstrap, seed).to_dict()
+    return out
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    return r
+
+
+def _add_rank_sum(per: list[dict[str, float]]) -> None:
+    """flow + NLL: the sum of each rollout's rank under mean deviation and under mean NLL."""
+    if not per or not all("nll_mean" in p for p in per):
+        return
+    flow = _ranks(np.array([p["flow_mean_deviation"] for p in per]))
+    nll = _ranks(np.nan_to_num(np.array([p["nll_mean"] for p in per]), nan=-np.inf))
+    for p, a, b in zip(per, flow, nll):
+        p["flow_plus_nll"] = float(a + b)
+
+
+def confident_errors(
+    scored: Sequence[ScoredRollout],
+    incorrect: np.ndarray,
+    per: list[dict[str, float]],
+    bootstrap: int,
+    seed: int,
+) -> dict | None:
+    """Incorrect rollouts whose first wrong token the policy found likely (p >= CONFIDENT_P).
+
+    These are the errors likelihood cannot see by construction; a latent signal is worth
+    most here. AUROC: these rollouts against every correct one; localisation: on them.
+    """
+    if not scored or scored[0].nll is None:
+        return None
+    keep = []
+    for i, s in enumerate(scored):
+        fe = s.rollout.first_error
+        if not incorrect[i] or fe is None or not 0 <= fe < len(s.rollout.response_ids):
+            continue
+        nll = s.nll[fe]
+        if not np.isnan(nll) and float(np.exp(-nll)) >= CONFIDENT_P:
+            keep.append(i)
+    if not keep:
+        return {"n": 0, "min_p": CONFIDENT_P}
+    sel = sorted(keep + [i for i in range(len(scored)) if not incorrect[i]])
+    sub_per = [per[i] for i in sel]
+    positive = np.array([bool(incorrect[i]) for i in sel])
+    chosen = []
+    for i in keep:
+        c = picks(scored[i])
+        if "nll_max" in c:  # flow + NLL: the token with the largest rank sum
+            dev, nll = scored[i].deviations, np.nan_to_num(scored[i].nll, nan=-np.inf)
+            c["flow_plus_nll"] = most_extreme(_ranks(dev) + _ranks(nll))
+        chosen.append(c)
+    fe = [scored[i].rollout.first_error for i in keep]
+    lengths = [len(scored[i].rollout.response_ids) for i in keep]
+    rules = {
+        key: localisation([c[key] for c in chosen], fe, lengths).to_dict()
+        for key in (*PICKS, "flow_plus_nll")
+        if all(key in c for c in chosen)
+    }
+    return {
+        "n": len(keep),
+        "min_p": CONFIDENT_P,
+        "auroc": _aurocs(sub_per, positive, bootstrap, seed),
+        "localisation": {"rules": rules, "random": localisation([0] * len(fe), fe, lengths).random},
     }
 
 

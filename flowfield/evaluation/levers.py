@@ -3,10 +3,12 @@
     python -m flowfield.evaluation.levers --lever context-none --out runs/levers/context-none
     flowfield eval --flow runs/levers/context-none --split dev --demo 500
 
-Every lever starts from the bundled demo flow's recipe (flowfield.demo.build.DEMO_FIT:
-10 epochs over 4,000 expert solutions, lr 1e-3, W = d = 128, depth 4, next-token context,
-layers 0.25/0.5/0.75) and changes one thing. Levers are compared on the dev split, never on
-the held-out evaluation set. Never write into flowfield/demo/assets.
+Every lever starts from the recipe of the first bundled demo flow (LEGACY_FIT: 10 epochs
+over 4,000 expert solutions at 2,048 tokens a step, i.e. 860 steps, lr 1e-3, W = d = 128,
+depth 4, next-token context, layers 0.25/0.5/0.75, raw latents) and changes one thing
+(width-256-prev: two). Levers are compared on the dev split, never on the held-out
+evaluation set. Never write into flowfield/demo/assets. (The demo flow is now fitted with
+`flowfield fit`'s defaults; see flowfield/evaluation/diagnose.py for why.)
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from pathlib import Path
 
 import typer
 
-from flowfield.demo.build import DEMO_FIT
 from flowfield.demo.data import write_expert_jsonl
 from flowfield.encoder import DEFAULT_LAYER_FRACTIONS, LatentEncoder
 from flowfield.evaluation.problems import expert_problems
 from flowfield.training import FitConfig, fit_flow, load_jsonl
 
 DEMO_POLICY = Path(__file__).resolve().parents[1] / "demo" / "assets" / "policy"
+LEGACY_FIT = FitConfig(
+    epochs=10, batch_tokens=2048, lr=1e-3, replicas=2, depth=4, seed=0, standardize=False,
+    holdout=0,
+)  # fmt: skip
 
 # lever -> (changes to the fit recipe, extra expert problems, layer fractions)
 LEVERS: dict[str, tuple[dict, int, tuple[float, ...]]] = {
@@ -36,6 +41,8 @@ LEVERS: dict[str, tuple[dict, int, tuple[float, ...]]] = {
     # 4x the expert solutions and 4x the steps
     "data-4x-long": ({}, 12_000, DEFAULT_LAYER_FRACTIONS),
     "width-256": ({"width": 256}, 0, DEFAULT_LAYER_FRACTIONS),
+    # the two changes that moved localisation, together
+    "width-256-prev": ({"width": 256, "context": "prev"}, 0, DEFAULT_LAYER_FRACTIONS),
     "layers-deep": ({}, 0, (0.75,)),
     "layers-all": ({}, 0, (0.0, 0.25, 0.5, 0.75)),
 }
@@ -45,7 +52,7 @@ def lever_config(lever: str) -> tuple[FitConfig, int, tuple[float, ...]]:
     if lever not in LEVERS:
         raise ValueError(f"unknown lever {lever!r}; one of {sorted(LEVERS)}")
     changes, extra, fractions = LEVERS[lever]
-    return dataclasses.replace(DEMO_FIT, **changes), extra, fractions
+    return dataclasses.replace(LEGACY_FIT, **changes), extra, fractions
 
 
 def main(

@@ -13,10 +13,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from tqdm import tqdm
-
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
+from flowfield.progress import progress_bar
 from flowfield.training import OnlineRefiner
 
 
@@ -76,7 +75,7 @@ def refine_round(
     acc_r = [responses[i] for i in accepted]
     before = refiner.loss_on(acc_p, acc_r) if accepted else float("nan")
     rng = random.Random(cfg.seed)
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc="refine", unit="step", disable=not progress)
+    bar = progress_bar(cfg.epochs * steps_per_epoch, "refine", "step", progress)
     for _ in range(cfg.epochs if accepted else 0):
         order = list(range(len(accepted)))
         rng.shuffle(order)

@@ -134,6 +134,43 @@ def format_report(report: dict, class_rows: int = 6) -> str:
             f"before their first error, excluded)\n" + _table(header, rows)
         )
 
+    # confident errors
+    for ev in evs:
+        ce = ev.get("confident_errors")
+        if not ce:
+            continue
+        if not ce["n"]:
+            out.append(
+                f"\nConfident errors ({_col(ev)}): no incorrect rollout whose first wrong token "
+                f"had policy probability >= {ce['min_p']:g}"
+            )
+            continue
+        rows = []
+        for key in (
+            "flow_mean_deviation",
+            "flow_max_deviation",
+            "nll_mean",
+            "entropy_mean",
+            "flow_plus_nll",
+        ):
+            a = ce["auroc"].get(key)
+            if a:
+                lo, hi = a["ci95"]
+                ci = f" [{_num(lo)}, {_num(hi)}]" if not math.isnan(lo) else ""
+                rows.append([SEQUENCE_SCORES[key], f"{_num(a['auroc'])}{ci}"])
+        out.append(
+            f"\nConfident errors ({_col(ev)}): {ce['n']} incorrect rollouts whose first wrong "
+            f"token had policy probability >= {ce['min_p']:g}, against all correct ones\n"
+            + _table(["score", "AUROC"], rows)
+        )
+        loc = ce["localisation"]
+        labels = {**PICKS, "flow_plus_nll": "flow + policy: largest rank sum (deviation, NLL)"}
+        rows = [
+            [labels[k], *(_pct(r["hits"][w]) for w in WINDOWS)] for k, r in loc["rules"].items()
+        ]
+        rows.append(["uniformly random position", *(_pct(loc["random"][w]) for w in WINDOWS)])
+        out.append("localisation on them\n" + _table(["token picked", *WINDOWS], rows))
+
     # token classes
     for ev in evs:
         classes = ev["token_classes"]

@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 from transformers import AutoModelForCausalLM
 
 from flowfield.checkpoint import load_flow, read_metadata
@@ -30,6 +29,7 @@ from flowfield.evaluation.evaluate import (
 )
 from flowfield.evaluation.problems import eval_problems, refine_problems
 from flowfield.evaluation.refine import RefineConfig, refine_round
+from flowfield.progress import progress_bar
 from flowfield.rewards import RewardOptions
 from flowfield.scorer import FlowScorer, ScoreOptions
 
@@ -75,7 +75,7 @@ def demo_rollouts(
 ) -> list[EvalRollout]:
     """One sampled, verified rollout per problem; chunk i is sampled with seed (seed, i)."""
     out: list[EvalRollout] = []
-    bar = tqdm(total=len(problems), desc=desc, unit="rollout", disable=not progress)
+    bar = progress_bar(len(problems), desc, "rollout", progress)
     for i, start in enumerate(range(0, len(problems), chunk)):
         part = problems[start : start + chunk]
         for r in sample_rollouts(
@@ -194,6 +194,7 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
         "setup": {
             "model": str(cfg.model),
             "encoder": encoder.identity.label(),
+            "layer_mapping": encoder.describe_layers(),
             "source": source,
             "timesteps": list(cfg.timesteps),
             "noise_draws": cfg.noise_draws,

@@ -73,7 +73,8 @@ class OnlineRefiner:
 
     def _latents(self, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder.encode(prompts, responses)
-        return enc.h.clone().float(), enc.context(self.meta.config.context).clone().float()
+        h, ctx = enc.h.clone().float(), enc.context(self.meta.config.context).clone().float()
+        return self.flow.prepare(h, ctx)
 
     def step(
         self,

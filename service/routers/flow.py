@@ -62,7 +62,13 @@ async def reload_policy(
 ) -> PolicyResponse:
     """Reload the encoder from a local checkpoint directory (RLFR's latents are the policy's)."""
     path = Path(req.path)
-    if not (path / "config.json").is_file():
+    try:
+        is_model_dir = (path / "config.json").is_file()
+    except OSError as e:  # e.g. ENAMETOOLONG: a path component over the filesystem's limit
+        raise ApiError(
+            422, "invalid_path", f"{req.path[:200]} cannot be read: {e.strerror}", "path"
+        ) from None
+    if not is_model_dir:
         raise ApiError(
             422,
             "invalid_path",

@@ -21,6 +21,23 @@ from service.schemas import (
 
 router = APIRouter(tags=["graph"], dependencies=[Depends(require_score)])
 
+# Magnitudes that keep every sum, difference and advantage finite: a return adds up to 10,001
+# rewards (|R| <= 1e16), a step reward is a difference of two values (<= 2e12) and an
+# advantage adds step_weight times one (<= 4e18). 1e308 would overflow math.fsum.
+MAX_ABS_REWARD = 1e12
+MAX_ABS_STEP_WEIGHT = 1e6
+
+
+def _check_reward(value: float, field: str, sample_id: str | None = None) -> None:
+    if abs(value) > MAX_ABS_REWARD:
+        raise ApiError(
+            422,
+            "invalid_reward",
+            f"{field}: |reward| must be at most {MAX_ABS_REWARD:g}, got {value!r}",
+            field,
+            sample_id,
+        )
+
 
 def _to_groups(req: GraphRequest) -> list[Group]:
     seen: set[str] = set()
@@ -46,6 +63,10 @@ def _to_groups(req: GraphRequest) -> list[Group]:
                     t.id,
                 )
             ids.add(t.id)
+            where = f"groups[{gi}].trajectories[{ti}]"
+            for si, st in enumerate(t.steps):
+                _check_reward(float(st.reward), f"{where}.steps[{si}].reward", t.id)
+            _check_reward(float(t.final_reward), f"{where}.final_reward", t.id)
             if t.success and t.truncated:
                 raise ApiError(
                     422,
@@ -72,13 +93,20 @@ def _to_groups(req: GraphRequest) -> list[Group]:
     "/v1/score/graph", response_model=GraphResponse, responses={422: {"model": ErrorResponse}}
 )
 async def score_graph(req: GraphRequest) -> GraphResponse:
+    if abs(req.step_weight) > MAX_ABS_STEP_WEIGHT:
+        raise ApiError(
+            422,
+            "invalid_option",
+            f"|step_weight| must be at most {MAX_ABS_STEP_WEIGHT:g}, got {req.step_weight!r}",
+            "step_weight",
+        )
     groups = _to_groups(req)
     try:
         # pure-Python graph work: off the event loop so /score batching keeps flowing
         results = await asyncio.to_thread(
             score_groups, groups, float(req.gamma), float(req.step_weight), req.undirected
         )
-    except (ValueError, TypeError) as e:
+    except (ValueError, TypeError, OverflowError) as e:
         raise ApiError(422, "invalid_trajectory", str(e), "groups") from None
     metrics.GRAPH_TRAJECTORIES.inc(sum(len(g.trajectories) for g in groups))
     metrics.GRAPH_STEPS.inc(sum(len(t.steps) for g in groups for t in g.trajectories))

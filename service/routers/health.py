@@ -19,17 +19,19 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(state: ServiceState = Depends(get_state)) -> JSONResponse:
-    """Model loaded, and Redis reachable when configured."""
+    """Ready to score: the model is loaded. Redis is reported but does not decide: scoring
+    does not need it (a scorer that loses Redis keeps scoring with the flow version it has;
+    /update answers 503 until Redis is back), so a Redis outage does not empty the Service.
+    `status` is "degraded" while Redis is configured and unreachable."""
     checks = {"model": bool(state.ready)}
     if state.settings.redis_url and state.store is not None and state.store.redis is not None:
         try:
             checks["redis"] = bool(await state.store.redis.ping())
         except Exception:
             checks["redis"] = False
-    ok = all(checks.values())
-    return JSONResponse(
-        {"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503
-    )
+    ready = checks["model"]
+    status = "unavailable" if not ready else ("ok" if all(checks.values()) else "degraded")
+    return JSONResponse({"status": status, "checks": checks}, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")

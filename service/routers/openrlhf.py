@@ -1,27 +1,80 @@
-"""POST /get_reward: OpenRLHF's remote reward model shape (--reward.remote_url)."""
+"""POST /get_reward: OpenRLHF's remote reward model shape (--reward.remote_url).
+
+What OpenRLHF (0.11) sends: one request per sample (`n` samples of a prompt concurrently),
+`{"query": [prompt + response decoded with special tokens], "prompts": [prompt], "labels":
+[the dataset's label, any JSON value]}`, over aiohttp without headers; it retries 5 times,
+then logs the failure and trains the sample without a reward. Hence:
+
+- the key may come in the URL: `--reward.remote_url "http://host:8000/get_reward?api_key=KEY"`
+  (service/auth.py removes it from the request before anything is logged);
+- labels are taken as they come (the service does not read them);
+- the EOS text OpenRLHF decodes into the query is cut off the response (`strip_eos`, default
+  on): the tokenizer's EOS and padding tokens, repeated, at the end of the response.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Any
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, ConfigDict, Field
 
 from flowfield.rewards import RewardOptions
-from service.auth import require_score
+from service.auth import require_score_header_or_url
 from service.errors import ApiError
 from service.scheduler import Overloaded, ScoreJob
-from service.schemas import ErrorResponse, OpenRLHFRequest, OpenRLHFResponse
+from service.schemas import ErrorResponse, OpenRLHFResponse, Text
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["openrlhf"], dependencies=[Depends(require_score)])
+router = APIRouter(tags=["openrlhf"], dependencies=[Depends(require_score_header_or_url)])
+
+
+class GetRewardRequest(BaseModel):
+    """OpenRLHF's remote reward request. Lists may be empty."""
+
+    model_config = ConfigDict(extra="allow")
+
+    query: list[Text]  # Text: a lone surrogate (\ud800) is a 422, not a tokenizer crash
+    prompts: list[Text] = Field(default_factory=list)
+    labels: list[Any] = Field(
+        default_factory=list, description="the dataset's label values, of any JSON type (unused)"
+    )
+
+
+def end_tokens(tokenizer: Any) -> list[str]:
+    """The texts `strip_eos` cuts off: the tokenizer's EOS and padding tokens."""
+    out = []
+    for attr in ("eos_token", "pad_token"):
+        v = getattr(tokenizer, attr, None)
+        if isinstance(v, str) and v and v not in out:
+            out.append(v)
+    return out
+
+
+def strip_end(text: str, tokens: list[str]) -> str:
+    """`text` without any run of `tokens` at its end."""
+    changed = True
+    while changed and text:
+        changed = False
+        for t in tokens:
+            if text.endswith(t):
+                text = text[: -len(t)]
+                changed = True
+    return text
 
 
 @router.post(
     "/get_reward",
     response_model=OpenRLHFResponse,
-    responses={422: {"model": ErrorResponse}, 429: {"model": ErrorResponse}},
+    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+               429: {"model": ErrorResponse}},
 )
 async def get_reward(
-    req: OpenRLHFRequest,
+    req: GetRewardRequest,
+    strip_eos: bool = Query(
+        True, description="cut the tokenizer's EOS/pad token texts off the end of each response"
+    ),
     state: ServiceState = Depends(get_state),
     settings: Settings = Depends(get_settings_dep),
 ) -> OpenRLHFResponse:
@@ -46,13 +99,17 @@ async def get_reward(
     if n == 0:
         return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
     enc = state.scorer.encoder
+    if not getattr(enc, "has_tokenizer", True):
+        raise ApiError(422, "no_tokenizer", "the policy has no tokenizer: /get_reward takes "
+                       "text; score token ids on /v1/score", "query")
+    ends = end_tokens(enc.tokenizer) if strip_eos else []
     prompts, responses = [], []
     for i, q in enumerate(req.query):
         p = req.prompts[i] if req.prompts else ""
         resp = q[len(p) :] if p and q.startswith(p) else q
         if not p or not q.startswith(p):
             p = ""
-        pi, ri = enc.tokenize(p, resp)
+        pi, ri = enc.tokenize(p, strip_end(resp, ends))
         if len(pi) + len(ri) > settings.max_tokens_per_sample:
             raise ApiError(
                 422,
@@ -70,13 +127,20 @@ async def get_reward(
             [prompts[i] for i in ok],
             [responses[i] for i in ok],
             RewardOptions(
-                settings.normalization, settings.beta, settings.threshold, settings.top_k
+                state.scorer.resolve_normalization(
+                    None, settings.normalization, tuple(settings.timesteps)
+                ),
+                settings.beta,
+                settings.threshold,
+                settings.top_k,
             ),
             tuple(settings.timesteps),
             settings.noise_draws,
         )
         try:
             out = await state.scheduler.submit(job)
+        except ValueError as e:  # the service's default options do not fit the current flow
+            raise ApiError(422, "invalid_option", str(e), "options") from None
         except Overloaded as e:
             raise ApiError(
                 429, "overloaded", f"scoring queue is full ({e})", headers={"Retry-After": "1"}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from flowfield.rewards import RewardOptions
+from flowfield.scorer import FlowScorer, ScoreOptions
 from service import metrics
 from service.auth import require_score
 from service.errors import ApiError
@@ -25,10 +26,14 @@ ERRORS = {
 }
 
 
-def _reward_options(req: ScoreRequest, settings: Settings) -> RewardOptions:
+def _reward_options(
+    req: ScoreRequest, settings: Settings, scorer: FlowScorer, timesteps: tuple[float, ...]
+) -> RewardOptions:
     o = req.options
     return RewardOptions(
-        normalization=o.normalization or settings.normalization,
+        normalization=scorer.resolve_normalization(
+            o.normalization, settings.normalization, timesteps
+        ),
         beta=float(o.beta if o.beta is not None else settings.beta),
         threshold=float(o.threshold if o.threshold is not None else settings.threshold),
         top_k=o.top_k if o.top_k is not None else settings.top_k,
@@ -48,6 +53,42 @@ def _timesteps(req: ScoreRequest, settings: Settings) -> tuple[float, ...]:
     return ts
 
 
+def _check_cost(
+    req: ScoreRequest,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    layers: int,
+    timesteps: tuple[float, ...],
+    draws: int,
+    settings: Settings,
+) -> None:
+    """422 when tokens x hooked layers x timesteps x noise draws exceeds max_request_cost.
+
+    Every (timestep, draw, layer) multiplies the flow rows (and their noise) of each token;
+    prompt tokens are counted too (the encoder reads them), which keeps the measure simple
+    and conservative. The default budget fits a request at the sample and token limits with
+    the default options (1 timestep, 1 draw, 3 layers); the budget stops the multipliers.
+    """
+    tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
+    cost = tokens * layers * len(timesteps) * draws
+    if cost <= settings.max_request_cost:
+        return
+    if req.options.noise_draws is not None and draws > 1:
+        field = "options.noise_draws"
+    elif req.options.timesteps is not None and len(timesteps) > 1:
+        field = "options.timesteps"
+    else:
+        field = "samples"
+    raise ApiError(
+        422,
+        "request_too_costly",
+        f"request cost {cost} ({tokens} tokens x {layers} hooked layers x {len(timesteps)} "
+        f"timesteps x {draws} noise draws) exceeds max_request_cost "
+        f"{settings.max_request_cost}; send fewer noise_draws or timesteps, or fewer samples",
+        field,
+    )
+
+
 @router.post(
     "/v1/score", response_model=ScoreResponse, responses=ERRORS, response_model_exclude_none=True
 )
@@ -58,8 +99,8 @@ async def score(
 ) -> ScoreResponse:
     """Score rollouts: per-token rewards aligned to response_ids (API.md)."""
     check_request_limits(req.samples, settings)
-    opts = _reward_options(req, settings)
     timesteps = _timesteps(req, settings)
+    opts = _reward_options(req, settings, state.scorer, timesteps)
     draws = req.options.noise_draws or settings.noise_draws
     want_adv = req.options.return_advantages
     if want_adv:
@@ -73,8 +114,16 @@ async def score(
                     s.id,
                 )
     scorer = state.scorer
+    try:  # e.g. "expert" normalisation needs a calibrated flow at matching timesteps
+        scorer.check_options(ScoreOptions(opts, timesteps, draws))
+    except ValueError as e:
+        raise ApiError(422, "invalid_option", str(e), "options.normalization") from None
     prompts, responses = resolve_ids(req.samples, scorer.encoder, settings)
-    problems = [sample_problem(p, r, scorer.encoder) for p, r in zip(prompts, responses)]
+    _check_cost(req, prompts, responses, len(scorer.encoder.layers), timesteps, draws, settings)
+    problems = [
+        sample_problem(p, r, scorer.encoder, s)
+        for p, r, s in zip(prompts, responses, req.samples)
+    ]
     ok = [i for i, pr in enumerate(problems) if pr is None]
     results: dict[int, ScoreResult] = {
         i: ScoreResult(id=req.samples[i].id, status="error", error=pr, num_tokens=len(responses[i]))
@@ -96,6 +145,8 @@ async def score(
         )
         try:
             out = await state.scheduler.submit(job)
+        except ValueError as e:  # the flow changed under the request and cannot serve it
+            raise ApiError(422, "invalid_option", str(e), "options.normalization") from None
         except Overloaded as e:
             raise ApiError(
                 429,
@@ -122,5 +173,6 @@ async def score(
     return ScoreResponse(
         flow_version=flow_version,
         encoder=encoder_label,
+        normalization=opts.normalization,
         results=[results[i] for i in range(len(req.samples))],
     )

@@ -31,6 +31,7 @@ from fastapi.responses import HTMLResponse
 
 from flowfield.demo.data import corrupt_digits
 from flowfield.demo.task import Problem, expert_solution, first_error, verify
+from flowfield.evaluation.evaluate import token_strings
 from flowfield.evaluation.html import TokenView, render_fragment, render_page
 from flowfield.evaluation.problems import eval_problems
 from service.auth import require_score
@@ -109,8 +110,8 @@ async def _score_views(
     prompts, responses = resolve_ids(req.samples, encoder, settings)
     views = []
     for s, p, r, res in zip(req.samples, prompts, responses, out.results):
-        tokens = [encoder.tokenizer.decode([i]) for i in r]
-        prompt = s.prompt if s.prompt is not None else encoder.tokenizer.decode(p)
+        tokens = token_strings(encoder, r)
+        prompt = s.prompt if s.prompt is not None else "".join(token_strings(encoder, p))
         outcome = None if s.reward is None else float(s.reward)
         fe = None
         problem = _demo_problem(prompt)

@@ -49,7 +49,7 @@ async def update(
     for i, s in enumerate(req.samples):
         if float(s.reward) < settings.accept_threshold:
             continue
-        problem = sample_problem(prompts[i], responses[i], encoder)
+        problem = sample_problem(prompts[i], responses[i], encoder, s)
         if problem:
             raise ApiError(422, "invalid_sample", problem, f"samples[{i}]", s.id)
         accepted.append(

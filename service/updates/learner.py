@@ -9,11 +9,12 @@ Loop (one batch per iteration):
      the entries and counts each trained sample id in `{prefix}:trained` (see flowstore.py);
   4. acknowledge the in-process queue (a no-op for Redis, already done in 3), update metrics.
 
-With Redis exactly one learner trains at a time: `{prefix}:learner:lock` (SET NX PX with a
-random token, renewed every ttl/3). A second learner waits for it. The token is also the fence
-checked by publish, so a learner that lost the lock (a long pause, a partition) cannot
-publish. On start, and whenever a step fails, the learner reloads the current version and its
-optimiser state, so training always continues from what was published.
+With Redis exactly one learner trains at a time: `{prefix}:learner:lock` (redis-py's `Lock`:
+SET NX PX with a random token, renewed every ttl/3). A second learner waits for it. The token
+is also the fence checked by publish, so a learner that lost the lock (a long pause, a
+partition) cannot publish. On start, and whenever a step fails, the learner reloads the
+current version and its optimiser state, so training always continues from what was
+published.
 
 Samples that can never be trained (empty response, token id outside the vocabulary, longer
 than the model's context) are acknowledged without training and logged, so one bad sample
@@ -37,7 +38,7 @@ from dataclasses import asdict
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import LockError, RedisError
 
 from flowfield.checkpoint import FlowMismatchError
 from flowfield.encoder import LatentEncoder
@@ -101,23 +102,10 @@ class NullLock:
         self.held = False
 
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
-
-
 class RedisLock:
-    """SET NX PX lock with a random token; renewed by keep_alive while held."""
+    """The single-learner lock: redis-py's `Lock` (SET NX PX with a token; Lua-checked extend
+    and release) with our own random token, which publish also checks as a fence. Renewed by
+    keep_alive every ttl/3 while held."""
 
     def __init__(self, client: aioredis.Redis, key: str, ttl_ms: int = 10_000) -> None:
         self.client = client
@@ -126,37 +114,35 @@ class RedisLock:
         self.token: str | None = uuid.uuid4().hex
         self.held = False
         self.retry_s = max(0.05, min(1.0, self.ttl_ms / 4000))
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
+        self._lock = client.lock(key, timeout=self.ttl_ms / 1000, blocking=False,
+                                 thread_local=False)
         self._renewed_at = 0.0
 
     async def try_acquire(self) -> bool:
-        ok = await self.client.set(self.key, self.token, nx=True, px=self.ttl_ms)
-        self.held = bool(ok)
+        self.held = bool(await self._lock.acquire(blocking=False, token=self.token))
         if self.held:
             self._renewed_at = time.monotonic()
         return self.held
 
     async def still_held(self) -> bool:
         """Ask Redis (not the local flag) whether the lock is still this learner's."""
-        if self.held and await self.client.get(self.key) not in (self.token,
-                                                                 self.token.encode()):
+        if self.held and not await self._lock.owned():
             log.warning("learner lock lost (taken over or expired)")
             self.held = False
         return self.held
 
     async def keep_alive(self) -> None:
-        """Renew every ttl/3 until the lock is lost or released."""
+        """Renew (reset the TTL) every ttl/3 until the lock is lost or released."""
         while self.held:
             await asyncio.sleep(self.ttl_ms / 3000)
             if not self.held:
                 return
             try:
-                if await self._renew(keys=[self.key], args=[self.token, self.ttl_ms]):
-                    self._renewed_at = time.monotonic()
-                else:
-                    log.warning("learner lock lost (taken over or expired)")
-                    self.held = False
+                await self._lock.reacquire()
+                self._renewed_at = time.monotonic()
+            except LockError:  # LockNotOwnedError: taken over or expired
+                log.warning("learner lock lost (taken over or expired)")
+                self.held = False
             except RedisError as e:
                 if (time.monotonic() - self._renewed_at) * 1000 > self.ttl_ms:
                     log.warning("learner lock expired while redis was unreachable: %s", e)
@@ -165,8 +151,8 @@ class RedisLock:
     async def release(self) -> None:
         was_held, self.held = self.held, False
         if was_held:
-            with contextlib.suppress(RedisError):
-                await self._release(keys=[self.key], args=[self.token])
+            with contextlib.suppress(LockError, RedisError):
+                await self._lock.release()
 
 
 class Learner:

@@ -1,5 +1,6 @@
-"""The trainer adapters against the real service: OpenRLHF (remote URL and reward_func file),
-verl (reward manager on a DataProto-like batch), TRL (the reward function, called as TRL does).
+"""The trainer adapters against the real service: OpenRLHF (remote URL shape and reward_func
+file) and TRL (the reward function, called as GRPOTrainer calls it). verl and OpenRLHF's own
+client code: test_client_verl.py, test_client_openrlhf.py.
 """
 
 from __future__ import annotations
@@ -10,14 +11,12 @@ import inspect
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import torch
 from flowfield_client import FlowfieldClient, Sample
 from flowfield_client.adapters import openrlhf as orl
 from flowfield_client.adapters.openrlhf import FlowfieldOpenRLHFReward
 from flowfield_client.adapters.trl import flowfield_reward_func
-from flowfield_client.adapters.verl import FlowfieldRewardManager, register_with_verl
 from transformers import AutoTokenizer
 
 from flowfield.demo.task import Problem, expert_solution, parse_answer
@@ -106,81 +105,6 @@ def test_openrlhf_module_reward_func_from_environment(ff_server, monkeypatch):
     assert orl.split_query("Q:1\nabc<eos>", "Q:1\n", strip=["<eos>"]) == ("Q:1\n", "abc")
 
 
-# ---- verl ------------------------------------------------------------------------------------
-
-
-class FakeDataProto:
-    """What verl's reward managers read from a DataProto: `batch` (tensors, with keys()) and
-    `non_tensor_batch` (numpy object arrays)."""
-
-    def __init__(self, batch: dict, non_tensor_batch: dict) -> None:
-        self.batch = batch
-        self.non_tensor_batch = non_tensor_batch
-
-    def __len__(self) -> int:
-        return self.batch["responses"].shape[0]
-
-
-def verl_batch(tok, texts: list[tuple[Problem, str]], p_len: int = 16, r_len: int = 56):
-    pad, eos = tok.pad_token_id, tok.eos_token_id
-    prompts = torch.full((len(texts), p_len), pad)
-    responses = torch.full((len(texts), r_len), pad)
-    mask = torch.zeros((len(texts), p_len + r_len), dtype=torch.long)
-    for i, (p, r) in enumerate(texts):
-        pi = tok(p.prompt, add_special_tokens=False)["input_ids"]
-        ri = tok(r, add_special_tokens=False)["input_ids"] + [eos]
-        prompts[i, p_len - len(pi):] = torch.tensor(pi)  # left-padded
-        responses[i, : len(ri)] = torch.tensor(ri)  # right-padded
-        mask[i, p_len - len(pi): p_len] = 1
-        mask[i, p_len: p_len + len(ri)] = 1
-    rm = np.array([{"ground_truth": str(p.answer)} for p, _ in texts], dtype=object)
-    src = np.array(["demo-arith"] * len(texts), dtype=object)
-    return FakeDataProto(
-        {"prompts": prompts, "responses": responses, "attention_mask": mask},
-        {"reward_model": rm, "data_source": src},
-    )
-
-
-def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-    return {"score": 1.0 if parse_answer(solution_str) == int(ground_truth) else 0.0}
-
-
-def test_verl_manager_fills_dense_token_rewards(ff_server, tok):
-    ff_server.wait_quiet()
-    texts = [(problem(i), expert_solution(problem(i)) if i != 1 else
-              wrong(expert_solution(problem(i)))) for i in range(3)]
-    data = verl_batch(tok, texts)
-    mgr = FlowfieldRewardManager(tok, 0, compute_score, "data_source",
-                                 flowfield_url=ff_server.url)
-    out = mgr(data, return_dict=True)
-    rt = out["reward_tensor"]
-    assert rt.shape == data.batch["responses"].shape and rt.dtype == torch.float32
-    with FlowfieldClient(ff_server.url) as ff:
-        ref = ff.score([Sample(prompt=p.prompt, response=r) for p, r in texts])
-    for i, ((_, r), res) in enumerate(zip(texts, ref)):
-        n = len(r)  # one token per character; the EOS follows at position n
-        assert rt[i, :n].tolist() == pytest.approx(res.token_rewards, abs=1e-6)
-        assert rt[i, n].item() == compute_score(None, r, str(texts[i][0].answer))["score"]
-        assert not rt[i, n + 1:].any()
-    assert out["reward_extra_info"]["verifier"] == [1.0, 0.0, 1.0]
-    assert out["reward_extra_info"]["flow_return"] == pytest.approx(ref.flow_returns, abs=1e-6)
-    assert [u.accepted for u in mgr.update_results] == [2]
-    # scalar mode: the flow return (+ verifier) at the last valid token only
-    scalar = FlowfieldRewardManager(tok, compute_score=compute_score, flowfield_url=ff_server.url,
-                                    dense=False, push_accepted=False)(data)
-    for i, ((_, r), res) in enumerate(zip(texts, ref)):
-        n = len(r)
-        assert scalar[i, n].item() == pytest.approx(res.flow_return + out["reward_extra_info"][
-            "verifier"][i], abs=1e-6)
-        assert scalar[i].count_nonzero() <= 1
-    ff_server.wait_quiet()
-
-
-def test_verl_manager_imports_without_verl():
-    with pytest.raises(ImportError):
-        register_with_verl()
-
-
 # ---- TRL reward function (called the way GRPOTrainer calls it) -------------------------------
 
 
@@ -206,6 +130,9 @@ def test_trl_reward_function_scores_and_pushes(ff_server, tok):
     st = fn.adapter.stats
     assert (st.calls, st.scored, st.pushed, st.accepted, st.updates) == (1, 4, 3, 3, 1)
     assert "flowfield/flow_version" in logged
+    ff_server.wait_quiet()  # the pushed completions may have made a new flow version
+    with FlowfieldClient(ff_server.url) as ff:
+        ref = ff.score([Sample(prompt=p.prompt, response=c) for p, c in zip(ps, comps)])
     both = flowfield_reward_func(ff_server.url, verifier=accuracy, add_verifier=True,
                                  push_accepted=False, flow_weight=10.0)
     out2 = asyncio.run(both(prompts=[p.prompt for p in ps], completions=comps,
@@ -215,6 +142,65 @@ def test_trl_reward_function_scores_and_pushes(ff_server, tok):
     with pytest.raises(ValueError):
         flowfield_reward_func(ff_server.url, add_verifier=True)
     ff_server.wait_quiet()
+
+
+def trl_call(fn, prompts, comps, ids=None, **kw):
+    return asyncio.run(fn(prompts=prompts, completions=comps, completion_ids=ids,
+                          trainer_state=None, **kw))
+
+
+def test_trl_sends_the_trainers_prompt_ids_and_strips_eos(ff_server, proxy_factory, tok):
+    """With the tokenizer the adapter sends what GRPOTrainer generated from: the prompt ids
+    as the trainer tokenises them and the completion ids without EOS (the default)."""
+    proxy = proxy_factory()
+    ps = [problem(40 + i) for i in range(2)]
+    prompts = [p.prompt for p in ps for _ in range(2)]  # TRL repeats a prompt per generation
+    comps = [expert_solution(p) for p in ps for _ in range(2)]
+    ids = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in comps]
+    out = trl_call(flowfield_reward_func(proxy.url, tokenizer=tok), prompts, comps, ids)
+    sent = proxy.requests("/v1/score")[-1].body["samples"]
+    assert [s["prompt_ids"] for s in sent] == [tok(text=p)["input_ids"] for p in prompts]
+    assert [s["response_ids"] for s in sent] == [i[:-1] for i in ids]  # EOS stripped
+    assert all("prompt" not in s and "response" not in s for s in sent)
+    with FlowfieldClient(ff_server.url) as ff:
+        ref = ff.score([Sample(prompt=p, response=c) for p, c in zip(prompts, comps)])
+    assert out == pytest.approx(ref.flow_returns, abs=1e-6)
+
+    # a prompt_ids column (dataset or rollout_func) is used as it is
+    given = [[7] + tok(text=p)["input_ids"] for p in prompts]
+    trl_call(flowfield_reward_func(proxy.url), prompts, comps, ids, prompt_ids=given)
+    sent = proxy.requests("/v1/score")[-1].body["samples"]
+    assert [s["prompt_ids"] for s in sent] == given
+
+    # neither tokenizer nor eos_token_ids: text, which TRL decoded without the EOS
+    trl_call(flowfield_reward_func(proxy.url), prompts, comps, ids)
+    sent = proxy.requests("/v1/score")[-1].body["samples"]
+    assert [(s["prompt"], s["response"]) for s in sent] == list(zip(prompts, comps))
+    assert all("response_ids" not in s for s in sent)
+
+    # eos_token_ids=() explicitly: the ids go as TRL gave them
+    trl_call(flowfield_reward_func(proxy.url, tokenizer=tok, eos_token_ids=()), prompts, comps,
+             ids)
+    assert [s["response_ids"] for s in proxy.requests("/v1/score")[-1].body["samples"]] == ids
+
+
+def test_trl_conversational_prompts_use_the_chat_template(proxy_factory, tok):
+    chat_tok = AutoTokenizer.from_pretrained(POLICY)
+    chat_tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
+                              "{% if add_generation_prompt %}{{ '\n' }}{% endif %}")
+    proxy = proxy_factory()
+    p = problem(50)
+    convo = [{"role": "user", "content": p.prompt.strip()}]
+    comp = [{"role": "assistant", "content": expert_solution(p)}]
+    ids = [tok(expert_solution(p), add_special_tokens=False)["input_ids"] + [tok.eos_token_id]]
+    fn = flowfield_reward_func(proxy.url, tokenizer=chat_tok)
+    out = trl_call(fn, [convo], [comp], ids)
+    sent = proxy.requests("/v1/score")[-1].body["samples"][0]
+    want = chat_tok.apply_chat_template([convo], add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"][0]
+    assert sent["prompt_ids"] == list(want) and out[0] is not None
+    with pytest.raises(TypeError):  # no tokenizer, no way to render the conversation
+        trl_call(flowfield_reward_func(proxy.url), [convo], [comp])
 
 
 # ---- the example files, loaded the way the trainers load them --------------------------------
@@ -236,17 +222,4 @@ def test_openrlhf_example_file(ff_server, monkeypatch):
     out = mod.reward_func(queries, [p.prompt for p in ps], [str(p.answer) for p in ps])
     assert out["scores"].tolist() == [1.0, 0.0]
     assert [u.accepted for u in mod.reward_func.update_results] == [1]
-    ff_server.wait_quiet()
-
-
-def test_verl_example_file(ff_server, tok):
-    mod = load_file("examples/trainers/verl_flowfield_reward.py")  # as load_extern_object does
-    texts = [(problem(30), expert_solution(problem(30))),
-             (problem(31), wrong(expert_solution(problem(31))))]
-    mgr = mod.FlowfieldRewardManager(tokenizer=tok, num_examine=1,
-                                     compute_score=mod.compute_score,
-                                     reward_fn_key="data_source", flowfield_url=ff_server.url,
-                                     dense=True)
-    out = mgr(verl_batch(tok, texts), return_dict=True)
-    assert out["reward_extra_info"]["verifier"] == [1.0, 0.0]
     ff_server.wait_quiet()

@@ -49,6 +49,9 @@ def test_trl_grpo_trainer_with_flowfield_rewards(ff_server, tmp_path):
     r = json.loads(report.read_text())
     rf = r["reward_function"]
 
+    # bound to the trainer: token ids sent, the trainer's EOS ids stripped
+    assert rf["sends_prompt_ids"] and rf["eos_token_ids"] == [r["eos_token_id"]]
+
     # rewards came back from /score: one call per step, every completion scored
     assert rf["calls"] == STEPS and rf["scored"] == STEPS * 8
     scores = ff_server.metric("flowfield_requests_total", endpoint="/v1/score", status="200")

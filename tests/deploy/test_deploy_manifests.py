@@ -252,9 +252,11 @@ def test_dockerfile_runtime_user_volumes_env_healthcheck():
             "PIP_DISABLE_PIP_VERSION_CHECK",
             "TOKENIZERS_PARALLELISM",
             "HF_HUB_OFFLINE",
+            "PATH",
         }
         <= ENV_NAMES
     )
+    assert env["PATH"].startswith("/opt/venv/bin:"), "the flowfield command is the venv's"
     assert env["FLOWFIELD_HOST"] == "0.0.0.0"
     assert int(env["FLOWFIELD_PORT"]) == _exposed_port() == 8000
     (volumes,) = _instructions("VOLUME")
@@ -265,8 +267,34 @@ def test_dockerfile_runtime_user_volumes_env_healthcheck():
     cmd = exec_form(hc.split("CMD", 1)[1])
     assert cmd[0] == "python" and "urllib" in cmd[-1]  # the slim image has no curl
     assert exec_form(_instructions("CMD")[-1]) == ["flowfield", "serve"]
-    base = RUNTIME["base"]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: _build_args()[m.group(1)], RUNTIME["base"])
     assert "slim" in base or "cuda" in base
+
+
+def _build_args() -> dict[str, str]:
+    """ARG defaults, global and of the runtime stage."""
+    out = {}
+    for stage in (STAGES[0], RUNTIME):
+        for args in _instructions("ARG", stage):
+            k, _, v = args.partition("=")
+            out[k] = v
+    return out
+
+
+def test_dockerfile_defaults_to_cuda_and_builds_for_cpu_from_arguments():
+    args = _build_args()
+    assert "/whl/cu" in args["TORCH_INDEX_URL"], "CUDA is the default build"
+    assert {"BASE_IMAGE", "TORCH_VERSION", "TORCH_VARIANT", "TORCH_FIND_LINKS"} <= set(args)
+    (torch_run,) = [r for r in _instructions("RUN") if "torch==" in r]
+    for a in ("TORCH_VERSION", "TORCH_VARIANT", "TORCH_INDEX_URL", "TORCH_FIND_LINKS"):
+        assert a in torch_run
+    assert all(s["base"] == "${BASE_IMAGE}" for s in STAGES[1:]), "one base for both stages"
+    # the documented CPU build: the same arguments the docker smoke test builds with
+    text = (REPO / "Dockerfile").read_text()
+    smoke = (REPO / "scripts" / "docker-smoke.sh").read_text()
+    for arg in ("TORCH_INDEX_URL", "TORCH_VARIANT=+cpu", "TORCH_FIND_LINKS", "BASE_IMAGE"):
+        assert arg in text and arg in smoke, arg
+    assert "# syntax=" not in text, "a syntax line makes BuildKit pull its frontend image"
 
 
 def test_dockerfile_env_makes_valid_settings(monkeypatch):
@@ -490,6 +518,33 @@ def test_compose_cpu_override_drops_the_gpu():
         assert "deploy" in SERVICES[name]
 
 
+def _gpu_ids(svc: dict) -> list[str]:
+    devices = svc["deploy"]["resources"]["reservations"]["devices"]
+    if isinstance(devices, dict):  # an !override tag
+        devices = devices["value"]
+    (d,) = devices
+    assert d["driver"] == "nvidia" and "gpu" in d["capabilities"]
+    assert "count" not in d, "count: 1 gives every container the first GPU"
+    return [str(x) for x in d["device_ids"]]
+
+
+def test_compose_gpus_are_pinned_by_id_and_one_scorer_per_gpu_is_possible():
+    assert _gpu_ids(SERVICES["flowfield"]) == ["${FLOWFIELD_SCORER_GPU:-0}"]
+    assert _gpu_ids(SERVICES["learner"]) == ["${FLOWFIELD_LEARNER_GPU:-0}"]
+    gpus = load_compose(DEPLOY / "compose" / "gpus.yml")["services"]
+    pinned = {name: _gpu_ids(svc) for name, svc in gpus.items()}
+    ids = [i for v in pinned.values() for i in v]
+    assert len(ids) == len(set(ids)) >= 3, f"every service on a GPU of its own: {pinned}"
+    extra = [n for n in gpus if n not in SERVICES]
+    assert extra, "the override adds scorers"
+    for name in extra:
+        svc = gpus[name]
+        assert svc["extends"] == {"file": "docker-compose.yml", "service": "flowfield"}
+        # behind the scorers' DNS name: the gateway and Prometheus find them as replicas
+        assert "flowfield" in svc["networks"]["default"]["aliases"]
+        assert "container_name" not in svc and "ports" not in svc
+
+
 # ---------------------------------------------------------------------------- dashboard (static)
 
 
@@ -603,6 +658,7 @@ def test_k8s_manifests_parse_and_kustomization_lists_them():
         ("v1", "PersistentVolumeClaim"),
         ("apps/v1", "Deployment"),
         ("apps/v1", "StatefulSet"),
+        ("policy/v1", "PodDisruptionBudget"),
         ("monitoring.coreos.com/v1", "ServiceMonitor"),
     }
     for name, objs in docs.items():
@@ -744,6 +800,44 @@ def test_k8s_learner_is_one_replica_with_the_same_state():
     env_s, env_l = _env_of("flowfield-scorer"), _env_of("flowfield-learner")
     for k in ("FLOWFIELD_REDIS_URL", "FLOWFIELD_REDIS_PREFIX", "FLOWFIELD_CHECKPOINT_DIR"):
         assert env_s[k] == env_l[k], k
+
+
+def test_k8s_every_service_monitor_endpoint_reaches_a_metrics_port():
+    """Each ServiceMonitor selects a Service that has the endpoint's port, and that port
+    leads to a container port serving /metrics: the scorers' http, the learner's metrics."""
+    pods = {w["metadata"]["name"]: w for w in _k8s_objects("Deployment")}
+    scraped = set()
+    for sm in _k8s_objects("ServiceMonitor"):
+        sel = sm["spec"]["selector"]["matchLabels"]
+        svcs = [s for s in _k8s_objects("Service")
+                if sel.items() <= s["metadata"]["labels"].items()]
+        assert svcs, f"ServiceMonitor {sm['metadata']['name']} selects no Service"
+        for ep in sm["spec"]["endpoints"]:
+            assert ep["path"] == "/metrics"
+            for svc in svcs:
+                (sp,) = [p for p in svc["spec"]["ports"] if p["name"] == ep["port"]]
+                for name, dep in pods.items():
+                    labels = dep["spec"]["template"]["metadata"]["labels"]
+                    if svc["spec"]["selector"].items() <= labels.items():
+                        (c,) = dep["spec"]["template"]["spec"]["containers"]
+                        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+                        assert sp["targetPort"] in ports, (svc["metadata"]["name"], ports)
+                        scraped.add(name)
+    assert scraped == {"flowfield-scorer", "flowfield-learner"}
+    learner = _k8s_one("Service", "flowfield-learner")
+    (lp,) = learner["spec"]["ports"]
+    assert lp["port"] == int(_env_of("flowfield-learner")["FLOWFIELD_LEARNER_METRICS_PORT"])
+
+
+def test_k8s_scorers_have_a_disruption_budget_that_lets_nodes_drain():
+    (pdb,) = _k8s_objects("PodDisruptionBudget")
+    scorer = _k8s_one("Deployment", "flowfield-scorer")
+    labels = scorer["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    learner = _k8s_one("Deployment", "flowfield-learner")["spec"]["template"]["metadata"]
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= learner["labels"].items()
+    # never unsatisfiable: at least one scorer may always be evicted, even with one replica
+    assert "minAvailable" not in pdb["spec"] and pdb["spec"]["maxUnavailable"] >= 1
 
 
 def test_k8s_volumes_and_claims():

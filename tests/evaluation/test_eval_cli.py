@@ -38,7 +38,13 @@ def demo_eval(tmp_path_factory):
 
 def test_eval_prints_the_tables(demo_eval):
     text, _, _ = demo_eval
-    for heading in ("AUROC, incorrect vs correct", "Localisation", "Token classes"):
+    for heading in (
+        "hooked layers: 0.25 -> block 1 (hidden_states[2])",
+        "AUROC, incorrect vs correct",
+        "Localisation",
+        "Confident errors",
+        "Token classes",
+    ):
         assert heading in text
     for row in ("flow: mean deviation", "policy: mean token NLL", "uniformly random position"):
         assert row in text
@@ -53,7 +59,8 @@ def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
         assert ev["n"] == N and ev["n_correct"] + ev["n_incorrect"] == N
         assert 0 < ev["n_incorrect"] < N
         for key in ("flow_mean_deviation", "flow_max_deviation", "flow_return", "nll_mean",
-                    "entropy_mean"):  # fmt: skip
+                    "entropy_mean", "flow_return_bilateral", "flow_return_unilateral",
+                    "flow_return_expert", "flow_plus_nll"):  # fmt: skip
             a = ev["auroc"][key]
             lo, hi = a["ci95"]
             assert 0 <= lo <= a["auroc"] <= hi <= 1, (key, a)
@@ -64,6 +71,11 @@ def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
             assert set(hits) == {"f", "f..f+1", "f..f+2", "f-1..f+2"}
             assert hits["f"] <= hits["f..f+1"] <= hits["f..f+2"] <= hits["f-1..f+2"]
         assert 0 < loc["random"]["f"] < loc["random"]["f-1..f+2"] < 0.2
+        # errors the policy found likely (p >= 0.2 for the first wrong token)
+        ce = ev["confident_errors"]
+        assert 0 < ce["n"] <= loc["n"] and ce["min_p"] == 0.2
+        assert set(ce["auroc"]) >= {"flow_mean_deviation", "nll_mean", "flow_plus_nll"}
+        assert set(ce["localisation"]["rules"]) >= {"flow_max_deviation", "flow_plus_nll"}
         names = {c["name"] for c in ev["token_classes"]}
         assert {"operand digit", "carry digit", "answer digit"} <= names
     # the policy's own likelihood separates a toy's errors well (RLFR.md s9: 0.92)

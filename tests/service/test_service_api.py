@@ -17,6 +17,7 @@ def test_score_returns_aligned_rewards_with_version_and_encoder(client):
     body = r.json()
     assert body["flow_version"] == 0
     assert body["encoder"].startswith("demo-arith@")
+    assert body["normalization"] == "expert"  # the default: the bundled flow is calibrated
     assert [x["id"] for x in body["results"]] == ["s-0", "s-1"]
     for x in body["results"]:
         assert x["status"] == "ok"
@@ -83,6 +84,25 @@ def test_options_deviations_and_advantages(client):
     # group-normalised outcome: +0.7071 and -0.7071 at the last token (plus its reward)
     assert abs(res[0]["advantages"][-1] - res[0]["token_rewards"][-1] - 0.70710678) < 1e-6
     assert abs(res[1]["advantages"][-1] - res[1]["token_rewards"][-1] + 0.70710678) < 1e-6
+
+
+def test_expert_normalisation_keeps_the_sign_and_needs_its_timesteps(client):
+    """With `expert` (the default) a rollout the flow finds further from the expert data gets
+    a lower return; bilateral min-max gives every rollout the same range."""
+    right = [demo_sample(i) for i in range(8)]
+    wrong = [demo_sample(i, wrong=True, id=f"w-{i}") for i in range(8)]
+    body = client.post("/v1/score", json={"samples": right + wrong}).json()
+    returns = [x["flow_return"] for x in body["results"]]
+    assert sum(returns[:8]) / 8 > sum(returns[8:]) / 8
+    # other timesteps than the calibrated ones: the default falls back, an explicit ask is a 422
+    r = client.post("/v1/score", json={"samples": right[:1], "options": {"timesteps": [0.5]}})
+    assert r.status_code == 200 and r.json()["normalization"] == "bilateral"
+    r = client.post(
+        "/v1/score",
+        json={"samples": right[:1], "options": {"timesteps": [0.5], "normalization": "expert"}},
+    )
+    assert r.status_code == 422 and "calibrated at timesteps [0.8]" in r.text
+    assert r.json()["error"]["field"] == "options.normalization"
 
 
 def test_empty_samples_is_valid(client):

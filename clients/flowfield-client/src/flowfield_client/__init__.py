@@ -6,8 +6,9 @@
         print(res[0].token_rewards, res[0].flow_return, res.flow_version)
 
 Adapters (each imports its framework lazily, so importing this package never pulls torch):
-`flowfield_client.adapters.trl` (GRPOTrainer reward function), `...adapters.openrlhf`
-(`reward_func` file), `...adapters.verl` (reward manager filling the token-reward tensor).
+`flowfield_client.adapters.trl` (GRPOTrainer reward function, trl 1.16), `...adapters.openrlhf`
+(`reward_func` file, OpenRLHF 0.11), `...adapters.verl` (reward-loop manager and the
+`flowfield_grpo` advantage estimator, verl 0.9).
 """
 
 from flowfield_client.client import (

@@ -5,6 +5,9 @@ Two ways to use flowfield from OpenRLHF:
 1. Remote reward model, no code: point `--reward.remote_url` (older releases:
    `--remote_rm_url`) at the service's `/get_reward`. It takes `{"query", "prompts",
    "labels"}` and answers `{"rewards", "scores", "extra_logs"}`, one flow return per query.
+   OpenRLHF sends no headers: with keys configured put the score key in the URL,
+   `http://flowfield:8000/get_reward?api_key=KEY`. The EOS text OpenRLHF decodes into each
+   query is cut off before scoring (`?strip_eos=false` keeps it).
 
 2. A reward-function file, here: `--reward.remote_url /path/to/reward_func.py` whose
    `reward_func` is a `FlowfieldOpenRLHFReward`. It adds the verifier reward to the flow
@@ -20,7 +23,12 @@ Two ways to use flowfield from OpenRLHF:
 
    Or use this module's own `reward_func`, configured from the environment: FLOWFIELD_URL,
    FLOWFIELD_API_KEY, FLOWFIELD_VERIFIER ("package.module:function", called as
-   `f(prompt, response, label)`), FLOWFIELD_FLOW_WEIGHT.
+   `f(prompt, response, label)`), FLOWFIELD_FLOW_WEIGHT, FLOWFIELD_STRIP (a JSON list of
+   strings cut from the end of each response, e.g. '["<|im_end|>"]').
+
+OpenRLHF (0.11) calls a reward function from worker threads, one sample per call and the `n`
+samples of a prompt at the same time; labels are the dataset's values as they are (any
+type). Each call pushes its accepted samples under an update id of its own.
 
 The result is OpenRLHF's dict: `rewards` (verifier + flow_weight * flow return) for the
 advantages, `scores` (the verifier reward, or the rewards without a verifier) for dynamic
@@ -31,8 +39,10 @@ inside OpenRLHF), else lists; torch is imported only when called.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -43,7 +53,7 @@ from flowfield_client.models import Sample
 
 log = logging.getLogger("flowfield_client.openrlhf")
 
-Verifier = Callable[[str, str, str], float]  # (prompt, response, label) -> outcome reward
+Verifier = Callable[[str, str, Any], float]  # (prompt, response, label) -> outcome reward
 
 
 class FlowfieldOpenRLHFReward:
@@ -56,8 +66,8 @@ class FlowfieldOpenRLHFReward:
         flow_weight: scale of the flow return.
         push_accepted: push rollouts with verifier reward >= accept_threshold to /v1/update
             (default: when there is a verifier).
-        strip: strings cut from the end of each response first (e.g. the EOS token's text
-            when OpenRLHF decodes with special tokens).
+        strip: strings cut from the end of each response first: the EOS token's text, which
+            OpenRLHF decodes into the query (e.g. ["<|im_end|>"], or [tokenizer.eos_token]).
         score_options: /v1/score options.
         strict_updates: raise when /update fails (default: log and go on).
         return_tensors: torch tensors (default when torch imports) or lists.
@@ -95,21 +105,24 @@ class FlowfieldOpenRLHFReward:
         self.run_id = uuid.uuid4().hex[:12]
         self.calls = 0
         self.update_results: list[Any] = []
+        self._lock = threading.Lock()  # OpenRLHF calls from several threads at once
 
     @property
     def client(self) -> FlowfieldClient:
-        if self._client is None:
-            self._client = FlowfieldClient(self._urls, **self._client_kwargs)
-        return self._client
+        with self._lock:
+            if self._client is None:
+                self._client = FlowfieldClient(self._urls, **self._client_kwargs)
+            return self._client
 
     def __call__(
         self,
         queries: Sequence[str],
         prompts: Sequence[str] | None = None,
-        labels: Sequence[str] | None = None,
+        labels: Sequence[Any] | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        self.calls += 1
+        with self._lock:
+            self.calls += 1
         n = len(queries)
         prompts = list(prompts) if prompts else [""] * n
         labels = list(labels) if labels else [""] * n
@@ -146,9 +159,12 @@ class FlowfieldOpenRLHFReward:
         if not accepted:
             return
         try:
-            self.update_results.append(
-                self.client.update(accepted, update_id=f"openrlhf-{self.run_id}-{self.calls}")
-            )
+            # unique per call: concurrent calls must never share an id (the service would
+            # drop all but the first as duplicates)
+            update_id = f"openrlhf-{self.run_id}-{uuid.uuid4().hex}"
+            res = self.client.update(accepted, update_id=update_id)
+            with self._lock:
+                self.update_results.append(res)
         except FlowfieldError as e:
             if self.strict_updates:
                 raise
@@ -194,18 +210,24 @@ def load_callable(spec: str) -> Callable[..., Any]:
 _default: FlowfieldOpenRLHFReward | None = None
 
 
+_default_lock = threading.Lock()
+
+
 def reward_func(
     queries: Sequence[str],
     prompts: Sequence[str] | None = None,
-    labels: Sequence[str] | None = None,
+    labels: Sequence[Any] | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """OpenRLHF's entry point, configured from the environment (see the module doc)."""
     global _default
-    if _default is None:
-        spec = os.environ.get("FLOWFIELD_VERIFIER")
-        _default = FlowfieldOpenRLHFReward(
-            verifier=load_callable(spec) if spec else None,
-            flow_weight=float(os.environ.get("FLOWFIELD_FLOW_WEIGHT", "1.0")),
-        )
+    with _default_lock:
+        if _default is None:
+            spec = os.environ.get("FLOWFIELD_VERIFIER")
+            strip = os.environ.get("FLOWFIELD_STRIP")
+            _default = FlowfieldOpenRLHFReward(
+                verifier=load_callable(spec) if spec else None,
+                flow_weight=float(os.environ.get("FLOWFIELD_FLOW_WEIGHT", "1.0")),
+                strip=json.loads(strip) if strip else (),
+            )
     return _default(queries, prompts, labels, **kwargs)

@@ -4,14 +4,24 @@
 
     flow = flowfield_reward_func("http://127.0.0.1:8000", verifier=accuracy)
     trainer = GRPOTrainer(model=..., reward_funcs=[accuracy, flow], args=GRPOConfig(...), ...)
+    flow.adapter.bind(trainer)   # prompt ids and EOS ids exactly as the trainer has them
 
-Each call (one per generation batch) sends the completions to /v1/score (the completion's
-token ids when TRL passes them, the prompt as text for the service to tokenise) and returns
+Each call (one per generation batch) sends the completions to /v1/score and returns
 `flow_weight * flow_return` per completion, plus the verifier reward when `add_verifier` is
 set (leave it off when the verifier is already one of `reward_funcs`, as above: TRL sums the
 reward functions itself, weighted by `GRPOConfig.reward_weights`). The completions the
 verifier accepted (reward >= `accept_threshold`) are then pushed to /v1/update with their
 verifier reward, and the service refines its flow from them.
+
+What is sent: TRL hands reward functions the prompts (text, or chat messages), the completions
+(text decoded without special tokens) and `completion_ids` (ending in the EOS token), not the
+prompt ids. With a tokenizer (`tokenizer=`, or `bind(trainer)`), the adapter sends token ids:
+the prompt tokenised the way `GRPOTrainer` tokenises it (chat template with the generation
+prompt for conversations, the tokenizer's own special tokens for text) and `completion_ids`
+without trailing EOS ids (`eos_token_ids`, default: the trainer's, else the tokenizer's EOS),
+so the service scores the policy's own tokens. A `prompt_ids` column in the dataset (or from a
+`rollout_func`) is used as is. Without a tokenizer and without `eos_token_ids` it sends text
+(the prompt, and the completion as TRL decoded it, without EOS) for the service to tokenise.
 
 TRL reduces every reward function to one scalar per completion and GRPO normalises it within
 the group, so the dense token rewards reach the policy only through their sum. For the token
@@ -71,8 +81,11 @@ class FlowfieldReward:
             when there is a verifier).
         accept_threshold: verifier reward at which a completion counts as accepted.
         eos_token_ids: token ids stripped from the end of `completion_ids` (TRL keeps the EOS
-            token; the service scores the response without it, as generated text).
-        tokenizer: for conversational prompts: renders them with its chat template.
+            token; the service scores the response without it, as generated text). Default:
+            the bound trainer's `eos_token_ids`, else the tokenizer's EOS; `()` strips nothing.
+        tokenizer: the trainer's tokenizer (`processing_class`): prompt ids are sent, made the
+            way GRPOTrainer makes them; needed for conversational prompts.
+        chat_template_kwargs: passed to `apply_chat_template` (GRPOConfig.chat_template_kwargs).
         score_options: /v1/score options (normalization, beta, threshold, top_k, ...).
         strict_updates: raise when /update fails (default: log it, count it, go on).
         name: the name TRL logs the reward under (`rewards/<name>/mean`).
@@ -88,8 +101,9 @@ class FlowfieldReward:
         flow_weight: float = 1.0,
         push_accepted: bool | None = None,
         accept_threshold: float = 1.0,
-        eos_token_ids: Iterable[int] = (),
+        eos_token_ids: Iterable[int] | None = None,
         tokenizer: Any = None,
+        chat_template_kwargs: Mapping[str, Any] | None = None,
         score_options: Mapping[str, Any] | None = None,
         strict_updates: bool = False,
         name: str = "flowfield",
@@ -105,13 +119,38 @@ class FlowfieldReward:
         self.flow_weight = float(flow_weight)
         self.push_accepted = verifier is not None if push_accepted is None else push_accepted
         self.accept_threshold = float(accept_threshold)
-        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
-        self.tokenizer = tokenizer
+        self._eos_given = eos_token_ids is not None
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids or ())
+        self.tokenizer = None
+        self.chat_template: str | None = None
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.tools: list[Any] | None = None
+        if tokenizer is not None:
+            self._set_tokenizer(tokenizer)
         self.score_options = dict(score_options or {})
         self.strict_updates = strict_updates
         self.name = name
         self.run_id = uuid.uuid4().hex[:12]
         self.stats = RewardStats()
+
+    def bind(self, trainer: Any) -> FlowfieldReward:
+        """Take the tokenizer, chat template, its kwargs, tools and EOS ids from a
+        `GRPOTrainer`, so that the ids sent are the ones the trainer generated from."""
+        tok = getattr(trainer, "processing_class", None)
+        self._set_tokenizer(getattr(tok, "tokenizer", tok))
+        self.chat_template = getattr(trainer, "chat_template", None)
+        self.chat_template_kwargs = dict(getattr(trainer, "chat_template_kwargs", None) or {})
+        self.tools = getattr(trainer, "tools", None) or None
+        eos = getattr(trainer, "eos_token_ids", None)
+        if eos is not None and not self._eos_given:
+            self.eos_token_ids = frozenset(int(t) for t in eos)
+        return self
+
+    def _set_tokenizer(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if not self._eos_given and isinstance(eos, int):
+            self.eos_token_ids = frozenset([eos])
 
     @property
     def client(self) -> AsyncFlowfieldClient:
@@ -141,9 +180,11 @@ class FlowfieldReward:
     ) -> list[float | None]:
         self.stats.calls += 1
         n = len(completions)
+        prompt_ids = self._prompt_ids(prompts, kwargs.get("prompt_ids"))
         samples = [
-            self._sample(i, prompts[i], completions[i], None if completion_ids is None else
-                         completion_ids[i])
+            self._sample(i, prompts[i], completions[i],
+                         None if completion_ids is None else completion_ids[i],
+                         None if prompt_ids is None else prompt_ids[i])
             for i in range(n)
         ]
         verdicts: list[float | None] = [None] * n
@@ -173,16 +214,52 @@ class FlowfieldReward:
 
     # ---- helpers -----------------------------------------------------------------------------
 
-    def _sample(self, i: int, prompt: Any, completion: Any, ids: Sequence[int] | None) -> Sample:
-        s = Sample(id=str(i), prompt=self._prompt_text(prompt))
-        if ids is not None:
-            resp = list(ids)
+    def _sample(self, i: int, prompt: Any, completion: Any, ids: Sequence[int] | None,
+                prompt_ids: Sequence[int] | None) -> Sample:
+        s = Sample(id=str(i))
+        use_ids = ids is not None and (self.tokenizer is not None or self._eos_given
+                                       or prompt_ids is not None)
+        if use_ids:
+            resp = [int(t) for t in ids]  # type: ignore[union-attr]
             while resp and resp[-1] in self.eos_token_ids:
                 resp.pop()
             s.response_ids = resp
-        else:
+        else:  # text as TRL decoded it: no special tokens, so no EOS
             s.response = _completion_text(completion)
+        if prompt_ids is not None:
+            s.prompt_ids = [int(t) for t in prompt_ids]
+        else:
+            s.prompt = self._prompt_text(prompt)
         return s
+
+    def _prompt_ids(self, prompts: Sequence[Any], given: Any) -> list[list[int]] | None:
+        """Per completion, the prompt's token ids: the dataset's/rollout's `prompt_ids` when
+        present, else tokenised as GRPOTrainer does (needs the tokenizer)."""
+        if isinstance(given, Sequence) and len(given) == len(prompts) and all(
+            isinstance(p, Sequence) and not isinstance(p, str) for p in given
+        ):
+            return [[int(t) for t in p] for p in given]
+        if self.tokenizer is None:
+            return None
+        cache: dict[str, list[int]] = {}  # TRL repeats each prompt once per generation
+        out = []
+        for p in prompts:
+            key = p if isinstance(p, str) else repr(p)
+            if key not in cache:
+                cache[key] = self._tokenize_prompt(p)
+            out.append(cache[key])
+        return out
+
+    def _tokenize_prompt(self, prompt: Any) -> list[int]:
+        tok = self.tokenizer
+        if isinstance(prompt, str):  # GRPOTrainer: processing_class(text=prompts)["input_ids"]
+            return [int(t) for t in tok(text=prompt)["input_ids"]]
+        out = tok.apply_chat_template(
+            conversation=[prompt], tools=self.tools, chat_template=self.chat_template,
+            add_generation_prompt=True, tokenize=True, return_dict=True,
+            **self.chat_template_kwargs,
+        )
+        return [int(t) for t in out["input_ids"][0]]
 
     def _prompt_text(self, prompt: Any) -> str:
         if isinstance(prompt, str):

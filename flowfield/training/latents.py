@@ -1,0 +1,84 @@
+"""Expert latents held in memory for a fit: the frozen encoder runs once, not once per epoch.
+
+The offline fit reads the same expert samples epoch after epoch through a frozen encoder, so
+their latents never change. When they fit in a memory budget they are encoded once and
+batches are gathered from here; otherwise the fit encodes every batch as it goes.
+
+Layout: h [L, N, d] packs every sample's response-token latents; first_prev [L, S, d] holds
+the latent just before each sample's first response token (the prompt's last token, zero
+without a prompt). A token's "prev" context is its left neighbour (first_prev for the first
+token) and its "next" context its right neighbour (zero after the last token), exactly as
+LatentEncoder.encode builds them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from flowfield.encoder import LatentEncoder
+from flowfield.progress import progress_bar
+from flowfield.training.data import Sample
+
+
+def cache_bytes(samples: Sequence[Sample], encoder: LatentEncoder) -> int:
+    """Memory the cache of these samples takes (float32)."""
+    tokens = sum(len(s.response_ids) + 1 for s in samples)
+    return tokens * len(encoder.layers) * encoder.hidden_size * 4
+
+
+class LatentCache:
+    def __init__(
+        self,
+        encoder: LatentEncoder,
+        samples: Sequence[Sample],
+        chunk: int = 256,
+        progress: bool = True,
+    ) -> None:
+        self.counts = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts  # [S]
+        hs, firsts = [], []
+        bar = progress_bar(len(samples), "encode expert data", "sample", progress)
+        for start in range(0, len(samples), chunk):
+            part = samples[start : start + chunk]
+            enc = encoder.encode([s.prompt_ids for s in part], [s.response_ids for s in part])
+            hs.append(enc.h.float().clone())
+            firsts.append(enc.prev[:, enc.offsets[:-1]].float().clone())
+            bar.update(len(part))
+        bar.close()
+        self.h = torch.cat(hs, dim=1)  # [L, N, d]
+        self.first_prev = torch.cat(firsts, dim=1)  # [L, S, d]
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h, prev, next [L, n, d] for the response tokens of these samples, in order."""
+        idx = torch.tensor(list(indices), dtype=torch.long)
+        counts = self.counts[idx]
+        # packed token index of every token of the batch, without a per-token Python loop
+        offsets = torch.cumsum(counts, 0) - counts
+        local = torch.arange(int(counts.sum())) - offsets.repeat_interleave(counts)
+        tok = self.starts[idx].repeat_interleave(counts) + local  # [n]
+        first = local == 0
+        last = local == counts.repeat_interleave(counts) - 1
+        h = self.h[:, tok]
+        prev = self.h[:, (tok - 1).clamp_min(0)]
+        prev[:, first] = self.first_prev[:, idx.repeat_interleave(counts)[first]]
+        nxt = self.h[:, (tok + 1).clamp_max(self.h.shape[1] - 1)]
+        nxt[:, last] = 0
+        return h, prev, nxt
+
+    def context(self, indices: Sequence[int], direction: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """h and the context latents [L, n, d] of these samples for a context direction."""
+        h, prev, nxt = self.batch(indices)
+        if direction == "next":
+            return h, nxt
+        if direction == "prev":
+            return h, prev
+        if direction == "none":
+            return h, torch.zeros_like(h)
+        raise ValueError(f"unknown context direction {direction!r}")
+
+    def layer_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per hooked layer and dimension mean and std of the cached latents: [L, d] each."""
+        h = self.h.double()
+        return h.mean(dim=1).float(), h.std(dim=1).clamp_min(1e-6).float()
