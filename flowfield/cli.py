@@ -75,7 +75,7 @@ def fit(
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
 ) -> None:
-    """Fit a flow offline on expert data (RLFR.md s4), then report on held-out samples."""
+    """Fit a flow offline on expert data (RLFR flow matching), then report on held-out samples."""
     import torch
 
     from flowfield.encoder import LatentEncoder

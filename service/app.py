@@ -115,7 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ui.router,
     ):
         app.include_router(r)
-    # API.md: /score and /update are served too, with the same behaviour
+    # docs/api.md: /score and /update are served too, with the same behaviour
     app.add_api_route(
         "/score",
         score.score,

@@ -1,6 +1,6 @@
 """Every client mistake becomes a 4xx JSON error naming the field and sample; never a 500.
 
-Body: {"error": {"code", "message", "field", "sample_id"}} (API.md "Errors").
+Body: {"error": {"code", "message", "field", "sample_id"}} (docs/api.md "Errors").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Request-level problems (no response at all, too many samples or tokens, duplicate ids) are
 422s. Problems the API lets a single sample fail with (an id outside the vocabulary, longer
 than the model's context, an empty response) become that sample's error, and the other
-samples are still scored (API.md).
+samples are still scored (docs/api.md).
 """
 
 from __future__ import annotations

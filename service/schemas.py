@@ -1,4 +1,4 @@
-"""Request and response models: the single source of the HTTP schema (API.md)."""
+"""Request and response models: the single source of the HTTP schema (docs/api.md)."""
 
 from __future__ import annotations
 
@@ -136,15 +136,6 @@ class PolicyResponse(BaseModel):
     encoder: str
     flow_version: int
     layers: list[int]
-
-
-class OpenRLHFRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    query: list[StrictStr]
-    prompts: list[StrictStr] = Field(default_factory=list)
-    labels: list[StrictStr] = Field(default_factory=list)
-
 
 class OpenRLHFResponse(BaseModel):
     rewards: list[float]

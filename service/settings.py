@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         description="default: expert (bilateral for a flow without calibration), bilateral "
         "or unilateral",
     )
-    beta: float = Field(0.01, description="default reward scale: r = -beta * s")
-    threshold: float = Field(0.6, description="default eta: zero tokens with |s| <= eta")
+    beta: float = Field(0.01, ge=0, description="default reward scale: r = -beta * s")
+    threshold: float = Field(0.6, ge=0, description="default eta: zero tokens with |s| <= eta")
     top_k: int = Field(15, description="default K: keep at most K tokens (0 = all)")
     timesteps: tuple[float, ...] = Field(
         (0.8,), description="default rewarding timesteps (JSON list)"

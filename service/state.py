@@ -101,9 +101,9 @@ class ServiceState:
         )
         if s.normalization == "expert" and meta.calibration is None:
             log.warning(
-                "the flow has no calibration (fitted by an older flowfield, or saved by hand): requests "
-                "without a normalization get bilateral, and normalization=expert is refused; "
-                "refit with `flowfield fit` to calibrate it"
+                "the flow has no calibration (fitted by an older flowfield, or saved by hand): "
+                "requests without a normalization get bilateral, and normalization=expert is "
+                "refused; refit with `flowfield fit` to calibrate it"
             )
         if self.queue_backend == "memory":
             log.info(

@@ -193,7 +193,7 @@ def make_groups(
     max_steps: int = 10,
     house: House = DEFAULT_HOUSE,
 ) -> list[dict[str, Any]]:
-    """Groups of rollouts in the API.md shape: each group is one task, rolled out per_group
+    """Groups of rollouts in the docs/api.md shape: each group is one task, rolled out per_group
     times. Each group draws from its own seeded stream, so group g is the same whatever
     num_groups is."""
     groups = []

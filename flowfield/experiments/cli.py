@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 from pathlib import Path
 
 import typer
@@ -24,6 +25,10 @@ experiment_app = typer.Typer(
 )
 
 DEFAULT_OUT = Path("runs/experiments/rlfr-toy")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -81,6 +86,9 @@ def rlfr_command(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every step"),
 ) -> None:
     """GRPO on the demo task through a live service: RLVR vs RLFR vs logit shaping."""
+    # a SIGTERM (kill, a job scheduler) unwinds like Ctrl-C, so every run's `flowfield serve`
+    # is stopped by its context manager instead of being left running as an orphan
+    signal.signal(signal.SIGTERM, _terminate)
     from flowfield.experiments.config import preset
     from flowfield.experiments.plot import plot_curves
     from flowfield.experiments.report import markdown_table

@@ -65,7 +65,7 @@ class GroupResult:
 
 
 def trajectory_from_dict(d: dict[str, Any]) -> Trajectory:
-    """Build a Trajectory from the API.md JSON shape (missing optional fields get defaults)."""
+    """Build a Trajectory from the docs/api.md JSON shape (missing optional fields get defaults)."""
     steps = [Step(s["state"], s.get("action"), float(s.get("reward", 0.0))) for s in d["steps"]]
     return Trajectory(
         id=str(d["id"]),

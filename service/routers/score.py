@@ -97,7 +97,7 @@ async def score(
     state: ServiceState = Depends(get_state),
     settings: Settings = Depends(get_settings_dep),
 ) -> ScoreResponse:
-    """Score rollouts: per-token rewards aligned to response_ids (API.md)."""
+    """Score rollouts: per-token rewards aligned to response_ids (docs/api.md)."""
     check_request_limits(req.samples, settings)
     timesteps = _timesteps(req, settings)
     opts = _reward_options(req, settings, state.scorer, timesteps)

@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flowfield.cli import app
-from flowfield.experiments.arms import ARMS
+from flowfield.experiments.arms import DEFAULT_ARMS as ARMS
 from flowfield.experiments.report import markdown_table
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The HTTP contract (API.md) against a real uvicorn server on the demo policy and flow."""
+"""The HTTP contract (docs/api.md) against a real uvicorn server on the demo policy and flow."""
 
 from __future__ import annotations
 

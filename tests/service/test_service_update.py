@@ -50,7 +50,8 @@ def test_update_accepts_skips_dedupes_and_the_flow_moves(learning_server):
         again = c.post("/update", json={"update_id": "u-1", "samples": samples}).json()
         assert again["duplicate"] is True and again["accepted"] == 0
         info = wait_for_version(c, 1)
-        assert info["samples_trained"] >= 4000 + 10  # the demo flow's expert data + these
+        # the demo flow's expert data (4,000 solutions, 400 held out for its report) + these
+        assert info["samples_trained"] >= 3600 + 10
         after = c.post("/v1/score", json=probe).json()
         assert after["flow_version"] == info["flow_version"] >= 1
         assert after["results"] != before["results"]

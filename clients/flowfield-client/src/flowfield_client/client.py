@@ -313,7 +313,7 @@ class FlowfieldClient(_ClientBase):
     ) -> ScoreResponse:
         """Per-token flow rewards for each sample, in the order given.
 
-        `options` are the service's scoring options (API.md): normalization, beta, threshold,
+        `options` are the service's scoring options (docs/api.md): normalization, beta, threshold,
         top_k, timesteps, noise_draws, return_deviations, return_advantages. Unknown ones are
         a 422 (`InvalidRequestError`). A sample the service cannot score comes back with
         `status == "error"`; it does not raise.

@@ -1,7 +1,7 @@
 """Exceptions. A server error carries the service's code, message, field and sample id.
 
 The service answers every error with {"error": {"code", "message", "field", "sample_id"}}
-(API.md "Errors"); `error_from_response` turns that body into the matching subclass of
+(docs/api.md "Errors"); `error_from_response` turns that body into the matching subclass of
 `APIStatusError`. Errors with no response at all (refused connection, reset, timeout) are
 `FlowfieldConnectionError` once the retries are spent.
 """

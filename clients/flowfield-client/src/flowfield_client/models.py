@@ -1,4 +1,4 @@
-"""Typed requests and results (the JSON of API.md as dataclasses).
+"""Typed requests and results (the JSON of docs/api.md as dataclasses).
 
 Parsing ignores fields it does not know, so a newer service that adds optional fields keeps
 working with this client.
