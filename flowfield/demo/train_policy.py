@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import typer
 
-from flowfield.demo.policy import expert_rollout, new_policy, sample_rollouts
+from flowfield.demo.policy import DEFAULT_ARCH, expert_rollout, new_policy, sample_rollouts
 from flowfield.demo.task import split_problems
 from flowfield.demo.tokenizer import build_tokenizer
 from flowfield.progress import progress_bar
@@ -36,7 +36,7 @@ def main(
     target_accuracy: float = 0.5,
     threads: int = 2,
     arch: str = typer.Option(
-        "gpt2", help="gpt2 or llama (same size; a flow reads GPT-2's latents far better)"
+        DEFAULT_ARCH, help="gpt2 or llama (same size; a flow reads GPT-2's latents far better)"
     ),
 ) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -157,11 +157,11 @@ def fit_flow(
     time-boxed runs); the schedule stays that of the whole fit.
     """
     out = Path(out)
-    torch.manual_seed((cfg or FitConfig()).seed)
-    train, held = split_holdout(samples, (cfg or FitConfig()).holdout)
+    cfg = cfg or FitConfig()
+    torch.manual_seed(cfg.seed)
+    train, held = split_holdout(samples, cfg.holdout)
     tokens_total = sum(len(s.response_ids) for s in train)
-    width = (cfg or FitConfig()).width or encoder.hidden_size
-    cfg = resolve_schedule(cfg or FitConfig(), tokens_total, width)
+    cfg = resolve_schedule(cfg, tokens_total, cfg.width or encoder.hidden_size)
     if resume and (out / TRAINER_STATE).is_file():
         net, meta = load_flow(out, encoder.identity, encoder.layer_fractions)
         state = torch.load(out / TRAINER_STATE, weights_only=False)
