@@ -8,6 +8,12 @@ half-written checkpoint. The metadata records the network's shape, the context d
 the layer fractions and the encoder's identity; loading against an encoder the flow does not
 fit is an error that names the mismatch (RLFR.md s3: the authors silently trained with one
 context direction and rewarded with the other).
+
+The metadata's `extra["policy_revision"]` is the label (`name@revision`) of the policy encoder
+a flow version was trained against: an online-refined version records the learner's encoder
+at training time. A checkpoint without it (fitted offline, or written by an older flowfield)
+was trained against the encoder its `encoder` identity names; `policy_revision` falls back to
+that.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from flowfield.flownet import FlowMetadata, FlowNet, check_latent_stats
 
 WEIGHTS = "flow.safetensors"
 META = "flow.json"
+POLICY_REVISION = "policy_revision"
 
 
 class FlowMismatchError(ValueError):
@@ -60,6 +67,21 @@ def save_flow(directory: str | Path, net: FlowNet, meta: FlowMetadata) -> Path:
         directory / META, lambda p: Path(p).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
     )
     return directory
+
+
+def record_policy(meta: FlowMetadata, identity: EncoderIdentity) -> FlowMetadata:
+    """Note in `meta` that the flow was trained against this policy encoder."""
+    meta.extra = {**meta.extra, POLICY_REVISION: identity.label()}
+    return meta
+
+
+def policy_revision(meta: FlowMetadata) -> str | None:
+    """The label of the policy encoder the flow was trained against (None if unknown)."""
+    label = (meta.extra or {}).get(POLICY_REVISION)
+    if label:
+        return str(label)
+    name, revision = meta.encoder.get("name"), meta.encoder.get("revision")
+    return f"{name}@{revision}" if name and revision else None
 
 
 def read_metadata(directory: str | Path) -> FlowMetadata:

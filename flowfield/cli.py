@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from flowfield.cli_options import comma_separated, fail
 from flowfield.experiments.cli import experiment_app
 
 app = typer.Typer(
@@ -18,22 +19,9 @@ app = typer.Typer(
 app.add_typer(experiment_app, name="experiment")  # flowfield experiment rlfr | report
 
 
-def fail(message: str) -> typer.Exit:
-    """Print a one-line error for the user and return the exit to raise."""
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
-
-
 @app.callback()
 def main() -> None:
     """flowfield: flow rewards (RLFR) and graph rewards (RewardFlow) for RL trainers."""
-
-
-def _fractions(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated fractions, got {text!r}") from None
 
 
 @app.command()
@@ -85,7 +73,8 @@ def fit(
     if threads:
         torch.set_num_threads(threads)
     try:
-        encoder = LatentEncoder(model, layer_fractions=_fractions(layers), device=device)
+        fractions = comma_separated(layers, float, "fractions")
+        encoder = LatentEncoder(model, layer_fractions=fractions, device=device)
         samples = load_jsonl(data, encoder)
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
@@ -121,10 +110,7 @@ def fit(
 
 
 def _floats(text: str, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected comma-separated {what}, got {text!r}") from None
+    values = comma_separated(text, float, what)
     if not values:
         raise typer.BadParameter(f"expected at least one of {what}")
     return values

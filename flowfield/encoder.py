@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -353,11 +353,17 @@ class LatentEncoder:
 
     @torch.inference_mode()
     def encode(
-        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        fixed_shapes: bool = False,
+        check: Callable[[], None] | None = None,
     ) -> EncodedBatch:
         """Latents of every response token (and its neighbours) of every sample, packed.
 
-        Samples keep their input order in the packed output.
+        Samples keep their input order in the packed output. fixed_shapes: every forward's
+        shapes depend on one sample alone (batch invariance, see `_encode_fixed`); check is
+        then called before each forward and may raise to abandon the call (shutdown).
         """
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
@@ -367,12 +373,50 @@ class LatentEncoder:
         # per sample: [L, R + 2, d] = latent before the first response token (zero without a
         # prompt), the R response latents, a zero row after the end
         per_sample: list[torch.Tensor | None] = [None] * n
+        if fixed_shapes:
+            self._encode_fixed(prompts, responses, per_sample, check or _no_check)
+            return self._pack(per_sample, responses)
         groups = self._shared_prompt_groups(prompts, responses) if self.share_prompts else []
         grouped = {i for g in groups for i in g}
         alone = [i for i in range(n) if i not in grouped]
         self._encode_alone(alone, prompts, responses, per_sample)
         self._encode_groups(groups, prompts, responses, per_sample)
         return self._pack(per_sample, responses)
+
+    def _encode_fixed(
+        self,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        per_sample: list[torch.Tensor | None],
+        check: Callable[[], None],
+    ) -> None:
+        """Batch-invariant encoding: a sample's latents are a function of that sample alone.
+
+        No padding and no batch dimension: each distinct prompt runs alone ([1, P]) and each
+        response alone ([1, R]) as a continuation of its prompt's cache, whether other
+        samples share the prompt or not (a prompt shared in this call still runs once); where
+        prompts cannot be shared, each sample runs alone in full. Every matrix product then
+        has shapes that only this sample decides, so batch-mates cannot change a bit of it.
+        """
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        alone = []
+        for i, (p, r) in enumerate(zip(prompts, responses)):
+            if self.share_prompts and p and r:
+                by_prompt.setdefault(tuple(p), []).append(i)
+            else:
+                alone.append(i)
+        for i in alone:
+            check()
+            self._encode_alone([i], prompts, responses, per_sample)
+        owner = torch.zeros(1, dtype=torch.long, device=self.device)
+        for members in by_prompt.values():
+            check()
+            kv, prompt_mask, last = self._prompt_pass([prompts[members[0]]])
+            for i in members:
+                check()
+                hs = self._response_pass(kv, prompt_mask, owner, [responses[i]])  # [L, 1, R, d]
+                zero = torch.zeros_like(hs[:, 0, :1])
+                per_sample[i] = torch.cat([last, hs[:, 0], zero], dim=1)
 
     def _pack(
         self, per_sample: list[torch.Tensor | None], responses: list[list[int]]
@@ -538,6 +582,10 @@ class LatentEncoder:
                 )
                 return False
         return True
+
+
+def _no_check() -> None:
+    pass
 
 
 def _model_name(path: Path) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -164,6 +164,8 @@ def token_deviations(
     noise: NoiseBank,
     noise_draws: int = 1,
     max_rows: int = 1 << 16,
+    fixed_rows: int = 0,
+    check: Callable[[], None] | None = None,
 ) -> torch.Tensor:
     """Raw per-token deviation e for N packed tokens: [N] (float32).
 
@@ -172,6 +174,13 @@ def token_deviations(
     h, ctx: [L, N, d]; positions: [N] response index of each token (selects its noise).
     All (t, draw, layer, token) rows go through the network in one batch (chunked at
     max_rows rows only to bound memory).
+
+    fixed_rows > 0: batch invariance. The rows go through the network in chunks of exactly
+    fixed_rows rows (the last one padded), so every matrix product has the same shape
+    whatever else is in the batch, and the per-token mean is a fixed sequence of
+    elementwise operations: a token's e is bit-identical with any batch-mates (given the
+    same device, dtype and thread settings). check, if given, is called before each chunk
+    and may raise to abandon the computation (shutdown).
     """
     L, N, d = h.shape
     T, K = len(timesteps), noise_draws
@@ -195,10 +204,56 @@ def token_deviations(
     t_rows, l_rows = t_rows.reshape(-1), l_rows.reshape(-1)
     xt = interpolate(x1, eps, t_rows)
     u = target_velocity(x1, eps)
+    if fixed_rows > 0:
+        err = _fixed_shape_errors(net, xt, t_rows, c, l_rows, u, fixed_rows, check)
+        err = err.reshape(T * K * L, N)
+        w = score_weight(ts).repeat_interleave(K * L)  # [T*K*L], the weight of each slice
+        acc = err[0] * w[0]
+        for i in range(1, T * K * L):  # elementwise only: no reduction whose order could vary
+            acc = acc + err[i] * w[i]
+        return acc / (T * K * L)
     err = torch.empty(x1.shape[0], dtype=torch.float32, device=device)
     for s in range(0, x1.shape[0], max_rows):
+        if check is not None:
+            check()
         e = slice(s, s + max_rows)
         v = net(xt[e], t_rows[e], c[e], l_rows[e])
         err[e] = (v.float() - u[e].float()).pow(2).mean(dim=-1)
     err = err.reshape(T, K, L, N) * score_weight(ts)[:, None, None, None]
     return err.mean(dim=(0, 1, 2))
+
+
+def _fixed_shape_errors(
+    net: nn.Module,
+    xt: torch.Tensor,
+    t_rows: torch.Tensor,
+    c: torch.Tensor,
+    l_rows: torch.Tensor,
+    u: torch.Tensor,
+    rows: int,
+    check: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """(1/d) ||v - u||^2 per row [M], every network call and reduction on exactly `rows` rows.
+
+    The last chunk is padded with zero rows (computed and dropped), so a row's result
+    depends on its own inputs and on `rows`, not on how many rows there are in all.
+    """
+    m = xt.shape[0]
+    err = torch.empty(m, dtype=torch.float32, device=xt.device)
+    for s in range(0, m, rows):
+        if check is not None:
+            check()
+        n = min(rows, m - s)
+        chunk = [a[s : s + n] for a in (xt, t_rows, c, l_rows, u)]
+        if n < rows:
+            chunk = [_pad_rows(a, rows) for a in chunk]
+        x_c, t_c, c_c, l_c, u_c = chunk
+        v = net(x_c, t_c, c_c, l_c)
+        err[s : s + n] = (v.float() - u_c.float()).pow(2).mean(dim=-1)[:n]
+    return err
+
+
+def _pad_rows(a: torch.Tensor, rows: int) -> torch.Tensor:
+    out = a.new_zeros((rows, *a.shape[1:]))
+    out[: a.shape[0]] = a
+    return out

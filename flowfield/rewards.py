@@ -186,11 +186,36 @@ def outcome_advantages(rewards: Sequence[float]) -> list[float]:
     """(R - mean) / (std + 1e-9) within one group; std is the sample std (n - 1).
 
     A group of one has no baseline: its outcome advantage is 0.
+
+    Computed on the rewards divided by a power of two at least max |R| (exact, so the result
+    is unchanged wherever the plain formula is finite): with rewards beyond ~1e154 the
+    squares of the variance, and near 1e308 the sum of the mean, would overflow to inf and
+    silently turn every advantage into 0 or NaN. The 1e-9 is scaled alike.
     """
     if len(rewards) < 2:
         return [0.0] * len(rewards)
     r = torch.tensor(rewards, dtype=torch.float64)
-    return ((r - r.mean()) / (r.std() + 1e-9)).tolist()
+    eps = 1e-9
+    top = float(r.abs().max())
+    if math.isfinite(top) and top > 1.0:
+        exp = math.frexp(top)[1]  # top < 2**exp, 1 <= exp <= 1024
+        r = r * 2.0**-exp
+        eps = eps * 2.0**-exp
+    return ((r - r.mean()) / (r.std() + eps)).tolist()
+
+
+def grouped_outcome_advantages(
+    rewards: Sequence[float], group_ids: Sequence[str]
+) -> list[float]:
+    """The outcome advantage of every sample within its group (grouped by id, not position)."""
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(group_ids):
+        members.setdefault(g, []).append(i)
+    out = [0.0] * len(rewards)
+    for idx in members.values():
+        for i, a in zip(idx, outcome_advantages([rewards[i] for i in idx])):
+            out[i] = a
+    return out
 
 
 def group_advantages(
@@ -204,13 +229,7 @@ def group_advantages(
     """
     if not (len(token_rewards_per_sample) == len(outcome_rewards) == len(group_ids)):
         raise ValueError("token rewards, outcome rewards and group ids differ in length")
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(group_ids):
-        members.setdefault(g, []).append(i)
-    outcome = [0.0] * len(group_ids)
-    for idx in members.values():
-        for i, a in zip(idx, outcome_advantages([outcome_rewards[i] for i in idx])):
-            outcome[i] = a
+    outcome = grouped_outcome_advantages(outcome_rewards, group_ids)
     return [
         outcome[i] + reward_to_go(r.to(torch.float64))
         for i, r in enumerate(token_rewards_per_sample)

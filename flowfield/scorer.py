@@ -8,7 +8,7 @@ encoder latents at hooked layers (response tokens only, forward stopped early)
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +18,20 @@ from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.objective import NoiseBank, token_deviations
 from flowfield.rewards import Calibration, RewardOptions, group_advantages, token_rewards
+
+# Batch invariance (FlowScorer.batch_invariant): the deviations of a sample are computed
+# with shapes that only that sample decides (encoder: each prompt and response alone, no
+# padding; flow: chunks of exactly `flow_chunk_rows` rows), so scoring it alone or in any
+# batch gives the same bits on the same machine, dtype and thread settings. Chunk rows per
+# device: small on CPU (little padding waste, GEMMs of 256 rows are already efficient; at
+# least 32 rows per torch thread, as a BLAS that splits a chunk's rows over threads may give
+# a row different bits in a very small per-thread block), large on GPUs (kernel launches
+# dominate small chunks).
+DEFAULT_CHUNK_ROWS = {"cpu": 256, "cuda": 4096}
+
+
+class ScoringInterrupted(Exception):
+    """Raised by a `check` callback to abandon a scoring call (e.g. at a shutdown deadline)."""
 
 
 @dataclass(frozen=True)
@@ -52,10 +66,25 @@ class FlowScorer:
         meta: FlowMetadata,
         noise_seed: int = 0,
         noise: NoiseBank | None = None,
+        batch_invariant: bool = True,
+        flow_chunk_rows: int | None = None,
     ) -> None:
-        """noise: share a bank between scorers (e.g. across flow versions) to reuse its cache."""
+        """noise: share a bank between scorers (e.g. across flow versions) to reuse its cache.
+
+        batch_invariant: a sample's deviations are bit-identical whatever other samples are
+        scored in the same call (see BATCH_INVARIANCE). flow_chunk_rows: the fixed number of
+        rows per flow-network call in that mode (default: DEFAULT_CHUNK_ROWS by device).
+        """
         check_compatible(meta, encoder.identity, encoder.layer_fractions)
         self.encoder = encoder
+        self.batch_invariant = batch_invariant
+        if flow_chunk_rows is None:
+            flow_chunk_rows = DEFAULT_CHUNK_ROWS.get(encoder.device.type, 4096)
+            if encoder.device.type == "cpu":  # >= 32 rows for each thread a GEMM is split over
+                flow_chunk_rows = max(flow_chunk_rows, 32 * torch.get_num_threads())
+        if flow_chunk_rows < 1:
+            raise ValueError("flow_chunk_rows must be >= 1")
+        self.flow_chunk_rows = flow_chunk_rows
         p = next(flow.parameters())
         if p.dtype != encoder.dtype or p.device != encoder.device:
             # nn.Module.to works in place: cast a copy so the caller's flow is untouched
@@ -76,9 +105,19 @@ class FlowScorer:
         responses: Sequence[Sequence[int]],
         timesteps: Sequence[float] = (0.8,),
         noise_draws: int = 1,
+        check: Callable[[], None] | None = None,
+        batch_invariant: bool | None = None,
     ) -> list[torch.Tensor]:
-        """Raw per-token deviations for each sample (input order)."""
-        batch = self.encoder.encode(prompts, responses)
+        """Raw per-token deviations for each sample (input order).
+
+        With batch_invariant (the default) a sample's numbers do not depend on the other
+        samples of the call: the encoder runs each prompt and response with its own shapes
+        and the flow runs in fixed-size row chunks. check, if given, is called between
+        forwards and flow chunks and may raise (e.g. ScoringInterrupted) to abandon the call.
+        batch_invariant: overrides the scorer's setting for this call.
+        """
+        invariant = self.batch_invariant if batch_invariant is None else batch_invariant
+        batch = self.encoder.encode(prompts, responses, fixed_shapes=invariant, check=check)
         counts = torch.tensor([len(r) for r in responses], dtype=torch.long)
         if int(counts.sum()) == 0:
             return [torch.zeros(0) for _ in responses]
@@ -96,6 +135,8 @@ class FlowScorer:
             timesteps,
             self.noise,
             noise_draws,
+            fixed_rows=self.flow_chunk_rows if invariant else 0,
+            check=check,
         ).cpu()
         return list(torch.split(e, counts.tolist()))
 
@@ -134,8 +175,8 @@ class FlowScorer:
     ) -> list[SampleScore]:
         """Raw deviations -> token rewards, flow returns and (with outcome rewards) advantages.
 
-        group_ids: samples with the same id share an outcome baseline; None = each sample
-        is its own group.
+        group_ids: samples with the same id share an outcome baseline (see `outcome_groups`
+        for the rule `score` and the service use); None = each sample is its own group.
         """
         self.check_options(options)
         rewards = [token_rewards(e, options.reward, self.calibration) for e in deviations]
@@ -154,7 +195,19 @@ class FlowScorer:
         outcome_rewards: Sequence[float] | None = None,
         group_ids: Sequence[str] | None = None,
     ) -> list[SampleScore]:
+        """The library call behind /score: deviations, then `shape`. With outcome rewards,
+        samples are grouped by `outcome_groups(prompts, group_ids)`."""
         options = options or ScoreOptions()
         self.check_options(options)
         devs = self.deviations(prompts, responses, options.timesteps, options.noise_draws)
-        return self.shape(devs, options, outcome_rewards, group_ids)
+        groups = outcome_groups(prompts, group_ids) if outcome_rewards is not None else None
+        return self.shape(devs, options, outcome_rewards, groups)
+
+
+def outcome_groups(
+    prompts: Sequence[Sequence[int]], group_ids: Sequence[str | None] | None = None
+) -> list[str]:
+    """The group of each sample for outcome advantages: its group id where it has one, else
+    the group of every sample with the same prompt (GRPO's group: G rollouts of one prompt)."""
+    ids = list(group_ids) if group_ids is not None else [None] * len(prompts)
+    return [g if g else f"prompt:{list(p)}" for g, p in zip(ids, prompts)]

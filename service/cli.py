@@ -12,8 +12,8 @@ from pathlib import Path
 import typer
 import uvicorn
 
+from flowfield.bench.cli import bench_command  # stdlib + typer only; torch loads when it runs
 from flowfield.cli import app
-from service.bench import bench_command  # stdlib + typer only; torch loads when it runs
 
 
 def _exit_drained(signum: int, frame: object) -> None:
@@ -22,6 +22,34 @@ def _exit_drained(signum: int, frame: object) -> None:
     lands here: exit 0, a clean stop, instead of the default action's death by signal (-15)
     that supervisors and tests would read as a kill. Before uvicorn runs it just exits."""
     raise SystemExit(0)
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app when its graceful shutdown begins.
+
+    uvicorn waits `timeout_graceful_shutdown` seconds for requests in flight, then cancels
+    them (a plain-text 500) and only then runs the app's shutdown. So the scheduler is told
+    at the start: it drains for `drain_s` (the graceful timeout minus a margin) and answers
+    what is left 503 `shutting_down` before uvicorn would cancel anything.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain_s: float) -> None:
+        super().__init__(config)
+        self.drain_s = drain_s
+
+    async def shutdown(self, sockets=None) -> None:
+        begin_drain(self.config.app, self.drain_s)
+        await super().shutdown(sockets)
+
+
+def begin_drain(app, drain_s: float) -> None:
+    """Not ready any more (/readyz answers 503), and the scheduler drains for drain_s."""
+    state = getattr(getattr(app, "state", None), "flowfield", None)
+    if state is None:  # start-up did not get that far
+        return
+    state.ready = False
+    if state.scheduler is not None:
+        state.scheduler.drain(drain_s)
 
 
 @app.command()
@@ -34,7 +62,11 @@ def serve(
     no_learner: bool = typer.Option(False, help="do not train in this process"),
     log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING"),
 ) -> None:
-    """Start the reward service (uvicorn). SIGTERM drains in-flight requests, then exits."""
+    """Start the reward service (uvicorn). SIGTERM drains in-flight requests, then exits.
+
+    Scoring still running FLOWFIELD_SHUTDOWN_TIMEOUT_S - FLOWFIELD_DRAIN_MARGIN_S seconds
+    after SIGTERM is answered 503 shutting_down; the process exits soon after.
+    """
     from service.app import create_app
     from service.logs import setup_logging
     from service.settings import Settings
@@ -60,12 +92,15 @@ def serve(
         host=settings.host,
         port=settings.port,
         log_config=None,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_timeout_s,
+        # the service writes its own JSON access line per request (service/app.py's
+        # RequestContext: request id, no query string); uvicorn's would be a second one
         access_log=False,
     )
+    drain_s = max(0.0, settings.shutdown_timeout_s - settings.drain_margin_s)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_drained)
-    uvicorn.Server(config).run()
+    DrainingServer(config, drain_s).run()
 
 
 @app.command()

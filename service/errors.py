@@ -1,17 +1,22 @@
 """Every client mistake becomes a 4xx JSON error naming the field and sample; never a 500.
 
-Body: {"error": {"code", "message", "field", "sample_id"}} (docs/api.md "Errors").
+Body: {"error": {"code", "message", "field", "sample_id", "request_id"}} (docs/api.md
+"Errors"); `request_id` is the one the response's X-Request-ID header carries.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.logs import REQUEST_ID
 
 log = logging.getLogger("flowfield.service")
 
@@ -48,6 +53,7 @@ def error_response(
         "message": _printable(message),
         "field": _printable(field),
         "sample_id": _printable(sample_id),
+        "request_id": REQUEST_ID.get(),
     }
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
@@ -60,11 +66,34 @@ def _printable(text: str | None) -> str | None:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    """("body", "samples", 3, "response_ids", 2) -> "samples[3].response_ids[2]"."""
+# the parts pydantic adds to an error's location for the member of a union (or a wrapped
+# schema) that failed: "float", "int", "str", "function-after[_valid_unicode(), str]",
+# "list[int]", "constrained-float", ... They are not fields of the request.
+_TYPE_TAG = re.compile(
+    r"(?:int|float|str|bool|bytes|none|decimal|date|datetime|dict|list|tuple|set|literal|"
+    r"any|json|callable)"
+    r"|[a-z][a-z0-9_]*(?:-[a-z0-9_]+)*\[.*\]"
+    r"|(?:constrained|function|lax|strict|is|json|tagged|nullable|default|lax-or-strict|"
+    r"json-or-python)-[a-z0-9_-]+(?:\[.*\])?",
+    re.S,
+)
+
+
+def _field_path(loc: tuple[Any, ...], error_type: str = "") -> str:
+    """("body", "samples", 3, "response_ids", 2) -> "samples[3].response_ids[2]".
+
+    Type tags of union members ("body", "samples", 0, "reward", "float") are left out; the
+    last part of an extra_forbidden location is the client's own key and always kept."""
     out = ""
-    for part in loc:
+    last = len(loc) - 1
+    for n, part in enumerate(loc):
         if part == "body" and not out:
+            continue
+        if (
+            isinstance(part, str)
+            and _TYPE_TAG.fullmatch(part)
+            and not (n == last and error_type == "extra_forbidden")
+        ):
             continue
         if isinstance(part, int):
             out += f"[{part}]"
@@ -93,7 +122,7 @@ def _validation_handler(request: Request, exc: RequestValidationError) -> JSONRe
         return error_response(
             422, "invalid_json", f"body is not valid JSON: {first.get('msg')}", "body"
         )
-    field = _field_path(loc)
+    field = _field_path(loc, first.get("type", ""))
     msg = first.get("msg", "invalid value")
     if first.get("type") == "extra_forbidden":
         msg = f"unknown field {loc[-1]!r}"
@@ -105,6 +134,33 @@ def _validation_handler(request: Request, exc: RequestValidationError) -> JSONRe
         field,
         _sample_id(getattr(exc, "body", None), loc),
     )
+
+
+# FastAPI reads a JSON body with json.loads: a syntax error becomes a RequestValidationError
+# (json_invalid, above), but anything else json.loads raises becomes this 400, with the reason
+# only in __cause__: bytes that are not UTF-8 (UnicodeDecodeError), nesting deeper than the
+# parser's recursion limit (RecursionError), an integer over sys.get_int_max_str_digits()
+# digits (ValueError). The body is as unreadable as broken JSON: the documented 422.
+_PARSE_ERROR_DETAIL = "There was an error parsing the body"
+
+
+def _is_body_parse_error(exc: StarletteHTTPException) -> bool:
+    return exc.status_code == 400 and exc.detail == _PARSE_ERROR_DETAIL
+
+
+def _parse_problem(exc: BaseException) -> str:
+    cause = exc.__cause__
+    if isinstance(cause, UnicodeDecodeError):
+        return f"not UTF-8 text (byte {cause.start} cannot be decoded: {cause.reason})"
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, json.JSONDecodeError):
+        return cause.msg
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "an integer with too many digits (" + str(cause).split(";")[0] + ")"
+    if cause is not None:
+        return f"{type(cause).__name__}: {str(cause)[:200]}"
+    return "it could not be read"
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -120,8 +176,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if _is_body_parse_error(exc):
+            return error_response(
+                422, "invalid_json", f"body is not valid JSON: {_parse_problem(exc)}", "body"
+            )
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    # domain errors, mapped here once rather than in each router (imported here: the
+    # scheduler and the queue import this module)
+    from service.scheduler import Overloaded
+    from service.updates.queue import QueueUnavailable
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, exc: Overloaded) -> JSONResponse:
+        return error_response(
+            429, "overloaded", f"scoring queue is full ({exc}); retry shortly",
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(QueueUnavailable)
+    async def _queue_unavailable(request: Request, exc: QueueUnavailable) -> JSONResponse:
+        return error_response(
+            503, "queue_unavailable", f"update queue unavailable: {exc}",
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

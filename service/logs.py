@@ -1,10 +1,17 @@
-"""Structured logs: one JSON object per line, with any `extra=` fields merged in."""
+"""Structured logs: one JSON object per line, with any `extra=` fields merged in.
+
+While the service handles a request, every line also carries that request's `request_id`
+(REQUEST_ID, set by service/app.py's RequestContext; added by RequestIdFilter).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from contextvars import ContextVar
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("flowfield_request_id", default=None)
 
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
     "message",
@@ -30,9 +37,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+class RequestIdFilter(logging.Filter):
+    """Adds `request_id` to a record emitted while a request is handled (keeps one set by
+    `extra=`). On the handler, so that it sees the records of every logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        rid = REQUEST_ID.get()
+        if rid is not None and not hasattr(record, "request_id"):
+            record.request_id = rid
+        return True
+
+
 def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RequestIdFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

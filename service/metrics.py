@@ -58,9 +58,23 @@ UPDATE_SAMPLES = Counter(
     "flowfield_update_samples_total", "samples posted to /update", ["outcome"]
 )  # outcome: accepted | skipped
 UPDATE_DUPLICATES = Counter("flowfield_update_duplicates_total", "repeated update_ids")
-PENDING_SAMPLES = Gauge("flowfield_pending_samples", "accepted samples not yet trained on")
+PENDING_SAMPLES = Gauge(
+    "flowfield_pending_samples",
+    "accepted samples not yet trained on (queue-wide with Redis; read from the queue when "
+    "/metrics is scraped)",
+)
 LEARNER_LOSS = Gauge("flowfield_learner_loss", "flow-matching loss of the last learner step")
 LEARNER_STEPS = Counter("flowfield_learner_steps_total", "learner optimiser steps")
 SAMPLES_TRAINED = Counter("flowfield_samples_trained_total", "samples the learner trained on")
 FLOW_VERSION = Gauge("flowfield_flow_version", "flow version this process scores with")
 ENCODER_INFO = Info("flowfield_encoder", "policy encoder in use (labels: name, revision, ...)")
+POLICY_EPOCH = Gauge(
+    "flowfield_policy_epoch",
+    "policy epoch this process encodes with (Redis policy sync; 0 = the configured policy)",
+)
+POLICY_IN_SYNC = Gauge(
+    "flowfield_policy_in_sync",
+    "1 while this process encodes with the recorded current policy; 0 after it failed to "
+    "load it (the process then reports not ready)",
+)
+POLICY_IN_SYNC.set(1)

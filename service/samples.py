@@ -2,8 +2,9 @@
 
 Request-level problems (no response at all, too many samples or tokens, duplicate ids) are
 422s. Problems the API lets a single sample fail with (an id outside the vocabulary, longer
-than the model's context, an empty response) become that sample's error, and the other
-samples are still scored (docs/api.md).
+than the model's context, an empty response, text for a policy without a tokenizer) are
+flowfield.samples.check_sample's rule; on /v1/score they become that sample's error, and the
+other samples are still scored (docs/api.md).
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from flowfield.encoder import NO_TOKENIZER, LatentEncoder
+from flowfield.encoder import LatentEncoder
+from flowfield.samples import SampleLimits, check_sample
 from service.errors import ApiError
 from service.settings import Settings
 
@@ -103,17 +105,10 @@ def sample_problem(
     encoder: LatentEncoder,
     sample: HasTokens | None = None,
 ) -> str | None:
-    """Why this sample cannot be scored by this encoder, or None."""
-    if sample is not None and not encoder.has_tokenizer and needs_tokenizer(sample):
-        return NO_TOKENIZER
-    if not response:
-        return "empty response: nothing to score"
-    vocab = encoder.vocab_size
-    for name, ids in (("prompt_ids", prompt), ("response_ids", response)):
-        if ids and (min(ids) < 0 or max(ids) >= vocab):
-            bad = next(x for x in ids if x < 0 or x >= vocab)
-            return f"{name} holds token id {bad}, outside the vocabulary [0, {vocab})"
-    limit = encoder.max_positions
-    if limit and len(prompt) + len(response) > limit:
-        return f"{len(prompt) + len(response)} tokens, longer than the model's context of {limit}"
-    return None
+    """Why this sample cannot be scored by this encoder, or None (flowfield.samples' rule)."""
+    return check_sample(
+        prompt,
+        response,
+        SampleLimits.of(encoder),
+        needs_tokenizer=sample is not None and needs_tokenizer(sample),
+    )

@@ -7,6 +7,12 @@ blocks and batches never overlap. A job (all samples of one request) always goes
 batch, and a batch reads the runtime's scorer once, so a request is scored with exactly one
 flow version and encoder even while the learner publishes new ones. A full queue raises
 Overloaded (answered 429 + Retry-After) instead of growing memory.
+
+Shutdown (see `drain`): on SIGTERM the scheduler stops taking jobs and keeps scoring the
+queued ones until a deadline set inside uvicorn's graceful-shutdown timeout; at the
+deadline every job still queued or running is answered 503 `shutting_down` (JSON, with
+Retry-After) and the running batch is abandoned at its next forward or flow chunk, so no
+request is left for uvicorn to cut off with a plain-text 500 and the process exits in time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -21,14 +28,22 @@ from dataclasses import dataclass, field
 import torch
 
 from flowfield.rewards import RewardOptions
-from flowfield.scorer import FlowScorer, SampleScore, ScoreOptions
+from flowfield.scorer import FlowScorer, SampleScore, ScoreOptions, ScoringInterrupted
 from service import metrics
+from service.errors import ApiError
 
 log = logging.getLogger("flowfield.scheduler")
 
 
 class Overloaded(Exception):
     """The scoring queue is full; retry after a short wait."""
+
+
+class ShuttingDown(ApiError):
+    """The process is stopping: answered 503 `shutting_down`; retry (another replica)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "shutting_down", message, headers={"Retry-After": "1"})
 
 
 @dataclass
@@ -84,15 +99,29 @@ def _observe_many(hist, values: torch.Tensor) -> None:
             hist.observe(x)
 
 
-def run_batch(scorer: FlowScorer, jobs: list[ScoreJob]) -> list[JobResult | ValueError]:
+def run_batch(
+    scorer: FlowScorer,
+    jobs: list[ScoreJob],
+    check=None,
+    batch_invariant: bool | None = None,
+) -> list[JobResult | ValueError]:
     """Blocking: one encoder + flow pass for all jobs, then per-job shaping.
 
     A job whose options this flow cannot serve (ValueError from the scorer, e.g. "expert"
     normalisation on a flow without calibration) fails alone; the others are answered.
+    check: called between forwards and flow chunks; raises ScoringInterrupted to abandon.
+    batch_invariant: None = the scorer's own setting (on by default: see FlowScorer).
     """
     prompts = [p for j in jobs for p in j.prompts]
     responses = [r for j in jobs for r in j.responses]
-    devs = scorer.deviations(prompts, responses, jobs[0].timesteps, jobs[0].noise_draws)
+    devs = scorer.deviations(
+        prompts,
+        responses,
+        jobs[0].timesteps,
+        jobs[0].noise_draws,
+        check=check,
+        batch_invariant=batch_invariant,
+    )
     out, k = [], 0
     for j in jobs:
         mine = devs[k : k + len(j.responses)]
@@ -122,8 +151,11 @@ class ScoreScheduler:
         max_batch_tokens: int = 32768,
         max_wait_ms: float = 5.0,
         max_queue_samples: int = 8192,
+        batch_invariant: bool | None = None,
     ) -> None:
+        """batch_invariant: bit-identical scores whatever the batch (None: the scorer's)."""
         self.runtime = runtime
+        self.batch_invariant = batch_invariant
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self.max_queue_samples = max_queue_samples
@@ -133,6 +165,10 @@ class ScoreScheduler:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
         self._task: asyncio.Task | None = None
         self._stopping = False
+        self._expiry: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None  # loop time at which remaining work gets 503
+        self._running: list[ScoreJob] = []  # the batch on the model thread
+        self._interrupt = threading.Event()  # abandon the running batch (read by the thread)
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -142,13 +178,58 @@ class ScoreScheduler:
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="score-batcher")
 
-    async def stop(self) -> None:
-        """Finish every queued job, then stop (used on SIGTERM drain)."""
+    def drain(self, timeout: float) -> None:
+        """Stop taking jobs (new ones get 503 `shutting_down`); keep scoring the queued ones
+        for up to `timeout` seconds, then answer everything still queued or running 503 and
+        abandon the running batch. Called when the graceful shutdown starts (SIGTERM); a
+        later call can only bring the deadline forward."""
+        loop = asyncio.get_running_loop()
         self._stopping = True
         self._wakeup.set()
+        deadline = loop.time() + max(0.0, timeout)
+        if self._deadline is not None and self._deadline <= deadline:
+            return
+        self._deadline = deadline
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = loop.call_at(deadline, self._expire)
+        log.info(
+            "draining: scoring queued work for up to %.1fs",
+            max(0.0, timeout),
+            extra={"queued_samples": self._queued_samples},
+        )
+
+    def _expire(self) -> None:
+        """The drain deadline: 503 for every queued and running job, abandon the batch."""
+        self._interrupt.set()
+        failed = 0
+        for j in [*self._running, *self._jobs]:
+            if j.future is not None and not j.future.done():
+                j.future.set_exception(ShuttingDown("the service is shutting down; retry"))
+                failed += len(j.responses)
+        self._jobs.clear()
+        self._queued_samples = 0
+        metrics.SCORE_QUEUE_DEPTH.set(0)
+        self._wakeup.set()
+        if failed:
+            log.warning("drain deadline passed: %d samples answered 503 shutting_down", failed)
+
+    def _check(self) -> None:
+        """Model thread: give up the running batch once the drain deadline has passed."""
+        if self._interrupt.is_set():
+            raise ScoringInterrupted("drain deadline passed")
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Drain (see `drain`; an earlier deadline from SIGTERM stays), then stop the batcher
+        and the model thread. Used by the app's shutdown, after uvicorn's graceful wait."""
+        self.drain(timeout)
         if self._task:
             await self._task
-        self._executor.shutdown(wait=True)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self._executor.shutdown(wait=True)
+        )
 
     @property
     def queued_samples(self) -> int:
@@ -157,7 +238,7 @@ class ScoreScheduler:
     async def submit(self, job: ScoreJob) -> JobResult:
         n = len(job.responses)
         if self._stopping:
-            raise Overloaded("shutting down")
+            raise ShuttingDown("the service is shutting down; retry")
         if self._queued_samples and self._queued_samples + n > self.max_queue_samples:
             raise Overloaded(f"{self._queued_samples} samples already queued")
         job.future = asyncio.get_running_loop().create_future()
@@ -214,14 +295,21 @@ class ScoreScheduler:
             metrics.BATCH_SAMPLES.observe(n)
             metrics.BATCH_TOKENS.observe(sum(j.tokens for j in batch))
             scorer = self.runtime.scorer  # one flow version for the whole batch
+            self._running = batch
             try:
-                results = await loop.run_in_executor(self._executor, run_batch, scorer, batch)
+                results = await loop.run_in_executor(
+                    self._executor, run_batch, scorer, batch, self._check, self.batch_invariant
+                )
+            except ScoringInterrupted:  # the drain deadline: its jobs were answered 503
+                continue
             except Exception as e:  # a model failure fails these requests, not the service
                 log.exception("scoring batch failed")
                 for j in batch:
                     if not j.future.done():
                         j.future.set_exception(e)
                 continue
+            finally:
+                self._running = []
             for j, r in zip(batch, results):
                 if j.future.done():
                     continue

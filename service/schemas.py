@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AllowInfNan,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -17,7 +20,58 @@ from pydantic import (
 
 # reject NaN/inf everywhere a number is read; ids must be real integers, not "3" or 3.0
 _STRICT = ConfigDict(allow_inf_nan=False, str_max_length=1_000_000)
-Number = StrictFloat | StrictInt
+
+
+def _float_range(v: Any) -> Any:
+    """A JSON integer as the float it stands for; one beyond the float range (1e400 written
+    as digits, which JSON reads as an integer) is refused here, where the field is named,
+    instead of overflowing later in float(). Anything else is left to the float schema."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return float(v)
+        except OverflowError:
+            raise ValueError(
+                f"number out of range: a {len(str(abs(v)))}-digit integer; numbers must be "
+                f"finite, of magnitude at most {sys.float_info.max:.6g}"
+            ) from None
+    return v
+
+
+# a JSON number (integer or float) read as a finite float: no NaN, no Infinity, no integer
+# beyond the float range (each a 422 naming the field); not a string, not a bool. One type
+# (no union), so a validation error's location is the field itself.
+def number(**constraints: Any) -> Any:
+    """The Number type with Field constraints (ge, lt, ...) on the float itself, so that they
+    show in the OpenAPI schema as minimum, exclusiveMaximum, ..."""
+    return Annotated[
+        StrictFloat,
+        AllowInfNan(False),
+        Field(**constraints),
+        BeforeValidator(_float_range),
+    ]
+
+
+Number = number()
+NonNegative = number(ge=0)
+Discount = number(ge=0, lt=1)
+
+# r = -beta * s with |s| <= 1: a token reward is at most beta, and a flow return or an
+# advantage adds up to one per token. 1e300 keeps those sums finite for any request the body
+# limit lets through (millions of tokens), where a beta near 1.8e308 would overflow to inf.
+MAX_BETA = 1e300
+
+
+def _beta_at_most(v: float) -> float:
+    if v > MAX_BETA:
+        raise ValueError(f"beta must be at most {MAX_BETA:g}, got {v!r}")
+    return v
+
+
+# (the bound is checked by a validator, whose message reads better than pydantic's le= one
+# with 1e300 written out in 301 digits; the schema still says maximum)
+Beta = Annotated[
+    number(ge=0, json_schema_extra={"maximum": MAX_BETA}), AfterValidator(_beta_at_most)
+]
 
 
 def _valid_unicode(v: str) -> str:
@@ -41,8 +95,8 @@ class ScoreOptionsIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     normalization: Literal["bilateral", "unilateral", "expert"] | None = None
-    beta: Number | None = Field(None, ge=0)  # -beta * s: a negative beta inverts the reward
-    threshold: Number | None = Field(None, ge=0)
+    beta: Beta | None = None  # -beta * s: a negative beta inverts the reward
+    threshold: NonNegative | None = None
     top_k: StrictInt | None = Field(None, ge=0, le=1_000_000)
     timesteps: list[Number] | None = Field(None, min_length=1, max_length=16)
     noise_draws: StrictInt | None = Field(None, ge=1, le=64)
@@ -122,6 +176,10 @@ class FlowInfo(BaseModel):
     last_update: float | None
     pending: int
     queue_backend: str
+    # Redis policy sync: the policy epoch this process encodes with (null without Redis),
+    # and why it could not load the recorded current policy (null when in sync)
+    policy_epoch: int | None = None
+    policy_error: str | None = None
 
 
 class PolicyRequest(BaseModel):
@@ -136,6 +194,8 @@ class PolicyResponse(BaseModel):
     encoder: str
     flow_version: int
     layers: list[int]
+    policy_epoch: int | None = None  # the recorded policy epoch (Redis only)
+
 
 class OpenRLHFResponse(BaseModel):
     rewards: list[float]
@@ -148,6 +208,7 @@ class ErrorBody(BaseModel):
     message: str
     field: str | None = None
     sample_id: str | None = None
+    request_id: str | None = None  # as in the X-Request-ID response header
 
 
 class ErrorResponse(BaseModel):
@@ -186,7 +247,7 @@ class GraphGroup(BaseModel):
 class GraphRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    gamma: Number = Field(0.9, ge=0, lt=1)
+    gamma: Discount = 0.9
     step_weight: Number = 1.0
     undirected: StrictBool = False
     groups: list[GraphGroup] = Field(max_length=4096)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -19,9 +20,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from flowfield.demo import ASSETS as DEMO_ASSETS
 from flowfield.rewards import NORMALIZATIONS
-
-DEMO_ASSETS = Path(__file__).resolve().parent.parent / "flowfield" / "demo" / "assets"
 
 
 def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
@@ -81,8 +81,19 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, description="bind port")
     score_api_key: SecretStr | None = Field(None, description="key for read/score endpoints")
-    update_api_key: SecretStr | None = Field(None, description="key for /update and /v1/policy")
+    update_api_key: SecretStr | None = Field(
+        None,
+        description="key for /update and /v1/policy (unset: they take the score key, if any)",
+    )
+    open_update_endpoints: bool = Field(
+        False,
+        description="with only a score key set, leave /update and /v1/policy open (logs a "
+        "warning) instead of requiring the score key",
+    )
     max_body_bytes: int = Field(8 * 1024 * 1024, description="larger bodies get 413")
+    body_read_timeout_s: float = Field(
+        10.0, gt=0, description="a request body not fully received in this time gets 408"
+    )
     max_samples: int = Field(1024, description="samples per request (422 above)")
     max_tokens_per_sample: int = Field(4096, description="prompt + response tokens (422 above)")
     max_request_cost: int = Field(
@@ -95,6 +106,24 @@ class Settings(BaseSettings):
     batch_max_tokens: int = Field(32768, description="tokens per scoring batch")
     batch_wait_ms: float = Field(5.0, description="how long a batch waits for more requests")
     queue_max_samples: int = Field(8192, description="queued samples before 429")
+    batch_invariant: bool | None = Field(
+        None,
+        description="a sample's scores are bit-identical whatever it is batched with; unset: "
+        "on for cpu (free there, see BENCHMARKS.md), off for cuda (unmeasured; the encoder "
+        "batches, and scores then agree within ~1e-6 relative)",
+    )
+    shutdown_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="after SIGTERM, how long requests in flight may finish (uvicorn's "
+        "graceful-shutdown timeout); preStop + this + ~5 s must fit the grace period",
+    )
+    drain_margin_s: float = Field(
+        2.0,
+        ge=0,
+        description="scoring still queued or running this long before shutdown_timeout_s "
+        "ends is answered 503 shutting_down",
+    )
 
     # updates and learner
     redis_url: str | None = Field(
@@ -121,6 +150,12 @@ class Settings(BaseSettings):
     learner_metrics_port: int = Field(
         0, description="`flowfield learn`: serve /metrics on this port (0 = off)"
     )
+    learner_test_pause_s: float = Field(
+        0.0,
+        ge=0,
+        description="test hook: the learner sleeps this long between writing a version's "
+        "checkpoint and publishing it (the crash window); leave 0",
+    )
     keep_versions: int = Field(5, description="published flow versions kept on disk")
     update_id_ttl_s: int = Field(7 * 24 * 3600, description="how long update_ids are remembered")
 
@@ -145,6 +180,12 @@ class Settings(BaseSettings):
         """Init arguments, then FLOWFIELD_* variables, then the FLOWFIELD_CONFIG file."""
         file = config_file_source(settings_cls)
         return (init_settings, env_settings, *([file] if file else []), file_secret_settings)
+
+
+def setting_default(name: str) -> Any:
+    """The default of a Settings field: typed configs built from Settings (LearnerConfig,
+    FlowStoreConfig, QueueConfig) take their defaults from here, never a second literal."""
+    return Settings.model_fields[name].default
 
 
 @lru_cache

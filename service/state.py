@@ -3,11 +3,19 @@
 The model side (encoder + flow = one FlowScorer) sits in a ModelRuntime whose scorer is
 replaced atomically when a new flow version is published or the policy is reloaded; the
 scheduler reads it once per batch, so a batch never mixes versions.
+
+Policy sync (Redis backend, service/updates/policy.py): POST /v1/policy loads the policy here,
+records it in Redis (a new policy epoch) and only then swaps it in; every other replica follows
+the record (pub/sub + poll) and reloads the same checkpoint, and a replica starting later loads
+the recorded policy instead of FLOWFIELD_MODEL_PATH. A replica that cannot load the recorded
+policy keeps its encoder but reports not ready (/readyz) and retries. In-process backend: the
+policy is this process's alone, as before.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -18,7 +26,7 @@ import torch
 from fastapi import Request
 from transformers import AutoTokenizer
 
-from flowfield.checkpoint import check_compatible
+from flowfield.checkpoint import check_compatible, read_metadata
 from flowfield.encoder import TOKENIZER_FILES, LatentEncoder
 from flowfield.objective import NoiseBank
 from flowfield.scorer import FlowScorer
@@ -26,8 +34,9 @@ from service import metrics
 from service.scheduler import ModelRuntime, ScoreScheduler
 from service.settings import Settings
 from service.updates.flowstore import FlowStore
-from service.updates.learner import Learner
-from service.updates.queue import UpdateQueue, make_queue
+from service.updates.learner import Learner, LearnerConfig
+from service.updates.policy import PolicyRecord, PolicySync
+from service.updates.queue import QueueUnavailable, UpdateQueue, make_queue
 
 log = logging.getLogger("flowfield.service")
 
@@ -46,6 +55,11 @@ class ServiceState:
         self._noise: NoiseBank | None = None
         self._swap_lock = asyncio.Lock()
         self.ready = False
+        # policy sync (Redis only): the recorded epoch this process encodes with (0 = the
+        # configured policy), and why the recorded current policy did not load here (if so)
+        self.policy_sync: PolicySync | None = None
+        self.policy_epoch = 0
+        self.policy_error: str | None = None
 
     # ---- start-up / shutdown ---------------------------------------------------------------
 
@@ -53,27 +67,36 @@ class ServiceState:
         s = self.settings
         if s.threads:
             torch.set_num_threads(s.threads)
-        encoder = await asyncio.to_thread(
-            self._load_encoder, s.model_path, s.model_name, s.model_revision
-        )
-        self._noise = NoiseBank(encoder.hidden_size, seed=s.noise_seed)
         self.store = FlowStore.from_settings(s)
         self.queue = make_queue(s)
+        if self.store.redis is not None:
+            self.policy_sync = PolicySync(self.store.redis, s.redis_prefix)
+        encoder = await self._initial_encoder()
+        self._noise = NoiseBank(encoder.hidden_size, seed=s.noise_seed)
         version = await self.store.current()
         net, meta = await asyncio.to_thread(self.store.load, version, encoder.identity)
         self.runtime = ModelRuntime(FlowScorer(encoder, net, meta, noise=self._noise))
         self._set_info_metrics()
         self.scheduler = ScoreScheduler(
-            self.runtime, s.batch_max_tokens, s.batch_wait_ms, s.queue_max_samples
+            self.runtime,
+            s.batch_max_tokens,
+            s.batch_wait_ms,
+            s.queue_max_samples,
+            batch_invariant=(
+                s.batch_invariant if s.batch_invariant is not None else encoder.device.type == "cpu"
+            ),
         )
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._watch_versions(), name="flow-watch"))
+        if self.policy_sync is not None:
+            self._tasks.append(asyncio.create_task(self._watch_policy(), name="policy-watch"))
         if s.learner:
             # training steps run on the model thread, between scoring batches: one device,
             # one queue of work, no oversubscribed CPU cores
-            self.learner = Learner(encoder, self.store, self.queue, s, s.learner_name,
-                                   lock_ttl_ms=s.learner_lock_ttl_ms,
-                                   executor=self.scheduler.executor)
+            self.learner = Learner(encoder, self.store, self.queue,
+                                   LearnerConfig.from_settings(s),
+                                   executor=self.scheduler.executor,
+                                   policy_epoch=self.policy_epoch)
             self._tasks.append(asyncio.create_task(self.learner.run(self._stop), name="learner"))
         self.ready = True
         log.info(
@@ -87,6 +110,7 @@ class ServiceState:
                 "layer_fractions": list(encoder.layer_fractions),
                 "layer_mapping": encoder.describe_layers(),
                 "flow_version": version,
+                "policy_epoch": self.policy_epoch,
                 "flow_standardized": meta.config.standardize,
                 "flow_calibrated": meta.calibration is not None,
                 "normalization": s.normalization,
@@ -127,7 +151,7 @@ class ServiceState:
         if self.scheduler:
             await self.scheduler.stop()
         for t in self._tasks:
-            if t.get_name() == "flow-watch":
+            if t.get_name() in ("flow-watch", "policy-watch"):
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for closable in (self.queue, self.store):
@@ -139,6 +163,34 @@ class ServiceState:
         log.info("flowfield stopped")
 
     # ---- model side --------------------------------------------------------------------------
+
+    async def _initial_encoder(self) -> LatentEncoder:
+        """The policy recorded in Redis when there is one, else the configured one.
+
+        A recorded policy that does not load here leaves the process on the configured policy
+        and not ready (policy_error); the policy watcher keeps retrying it."""
+        s = self.settings
+        record = await self.policy_sync.current() if self.policy_sync is not None else None
+        if record is not None:
+            try:
+                encoder = await asyncio.to_thread(self._load_checked, record.path,
+                                                  record.revision or None, record.name or None)
+                # a recorded policy the current flow does not fit: not ready, not a crash loop
+                flow_meta = await asyncio.to_thread(
+                    read_metadata, self.store.path(await self.store.current())
+                )
+                check_compatible(flow_meta, encoder.identity, encoder.layer_fractions)
+            except Exception as e:
+                self._policy_failed(record, e)
+            else:
+                self._policy_adopted(record)
+                log.info("adopting the recorded policy",
+                         extra={"encoder": record.label, "policy_epoch": record.epoch,
+                                "path": record.path})
+                return encoder
+        return await asyncio.to_thread(
+            self._load_encoder, s.model_path, s.model_name, s.model_revision
+        )
 
     def _load_encoder(self, path: Path, name: str | None, revision: str | None) -> LatentEncoder:
         s = self.settings
@@ -160,6 +212,24 @@ class ServiceState:
     def queue_backend(self) -> str:
         return "redis" if self.settings.redis_url else "memory"
 
+    @property
+    def policy_in_sync(self) -> bool:
+        """False while the recorded current policy could not be loaded here (/readyz)."""
+        return self.policy_error is None
+
+    async def refresh_pending(self) -> int | None:
+        """Read the real queue depth into flowfield_pending_samples (None if unreachable):
+        with Redis, learners in other processes consume the queue, so the value this process
+        last saw on /update goes stale."""
+        if self.queue is None:
+            return None
+        try:
+            n = await self.queue.pending()
+        except (QueueUnavailable, OSError):
+            return None
+        metrics.PENDING_SAMPLES.set(n)
+        return n
+
     def _set_info_metrics(self) -> None:
         sc = self.scorer
         ident = sc.encoder.identity
@@ -171,6 +241,7 @@ class ServiceState:
                 "model_type": ident.model_type,
                 "layers": ",".join(map(str, ident.layers)),
                 "flow_version": str(sc.version),
+                "policy_epoch": str(self.policy_epoch),
                 "process": socket.gethostname() + f":{os.getpid()}",
             }
         )
@@ -201,30 +272,117 @@ class ServiceState:
                 log.exception("flow watcher failed; retrying in 1s")
                 await asyncio.sleep(1.0)
 
+    def _load_checked(self, path: str | Path, revision: str | None,
+                      name: str | None) -> LatentEncoder:
+        """Blocking: load a policy checkpoint as an encoder, refusing one that loses its
+        tokenizer. Raises PolicyLoadError (a ValueError) when it does not load."""
+        path = Path(path)
+        try:
+            encoder = self._load_encoder(path, name, revision)
+        except Exception as e:  # safetensors, tokenizers and torch raise their own types
+            raise PolicyLoadError(_short(f"{type(e).__name__}: {e}")) from e
+        if not encoder.has_tokenizer and any((path / f).is_file() for f in TOKENIZER_FILES):
+            # the encoder falls back to ids-only; a reload must not silently lose text input
+            raise PolicyLoadError(
+                _short(f"its tokenizer files do not load ({_tokenizer_error(path)})")
+            )
+        return encoder
+
+    def _install_encoder(self, encoder: LatentEncoder) -> None:
+        """New batches (and the in-process learner's next step) use this encoder."""
+        current = self.scorer
+        self.runtime.scorer = FlowScorer(encoder, current.flow, current.meta, noise=self._noise)
+        if self.learner is not None:
+            self.learner.use_encoder(encoder, self.policy_epoch)
+        self._set_info_metrics()
+
     async def reload_policy(self, path: Path, revision: str | None, name: str | None) -> None:
         """Load a new policy checkpoint as the encoder; the flow must still fit it.
 
         Raises PolicyLoadError (a ValueError) when the checkpoint does not load, e.g. corrupt
-        weights or tokenizer files that do not parse; the current policy stays in service.
+        weights or tokenizer files that do not parse, FlowMismatchError when the flow does not
+        fit it, PolicySyncUnavailable when Redis (policy sync) did not record it; in each case
+        the current policy stays in service. With Redis the policy is recorded (a new policy
+        epoch) before it is swapped in here, and every other replica follows the record.
         """
         async with self._swap_lock:
             current = self.scorer
-            try:
-                encoder = await asyncio.to_thread(self._load_encoder, path, name, revision)
-            except Exception as e:  # safetensors, tokenizers and torch raise their own types
-                raise PolicyLoadError(_short(f"{type(e).__name__}: {e}")) from e
-            if not encoder.has_tokenizer and any((path / f).is_file() for f in TOKENIZER_FILES):
-                # the encoder falls back to ids-only; a reload must not silently lose text input
-                why = await asyncio.to_thread(_tokenizer_error, path)
-                raise PolicyLoadError(_short(f"its tokenizer files do not load ({why})"))
+            encoder = await asyncio.to_thread(self._load_checked, path, revision, name)
             check_compatible(current.meta, encoder.identity, encoder.layer_fractions)
-            self.runtime.scorer = FlowScorer(encoder, current.flow, current.meta, noise=self._noise)
-            if self.learner is not None:
-                self.learner.encoder = encoder
-            self._set_info_metrics()
+            epoch = self.policy_epoch
+            if self.policy_sync is not None:
+                ident = encoder.identity
+                record = await self.policy_sync.record(
+                    str(path.resolve()), ident.name, ident.revision, ident.label()
+                )
+                epoch = record.epoch
+                self._policy_adopted(record)
+            self._install_encoder(encoder)
             log.info(
-                "policy reloaded", extra={"encoder": encoder.identity.label(), "path": str(path)}
+                "policy reloaded",
+                extra={"encoder": encoder.identity.label(), "path": str(path),
+                       "policy_epoch": epoch},
             )
+
+    def _policy_adopted(self, record: PolicyRecord) -> None:
+        self.policy_epoch = record.epoch
+        self.policy_error = None
+        metrics.POLICY_EPOCH.set(record.epoch)
+        metrics.POLICY_IN_SYNC.set(1)
+
+    def _policy_failed(self, record: PolicyRecord, e: BaseException) -> None:
+        why = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
+        error = _short(
+            f"cannot load the recorded policy {record.label} (epoch {record.epoch}) from "
+            f"{record.path}: {why}"
+        )
+        if error != self.policy_error:
+            log.error("%s; not ready until it loads (retrying)", error,
+                      extra={"policy_epoch": record.epoch})
+        self.policy_error = error
+        metrics.POLICY_IN_SYNC.set(0)
+
+    async def adopt_policy(self, record: PolicyRecord) -> bool:
+        """Load a policy another replica recorded; False (and not ready) if it fails here."""
+        async with self._swap_lock:
+            if record.epoch <= self.policy_epoch:
+                return True  # already at it or past it (e.g. reloaded here meanwhile)
+            current = self.scorer
+            try:
+                encoder = await asyncio.to_thread(
+                    self._load_checked, record.path, record.revision or None, record.name or None
+                )
+                check_compatible(current.meta, encoder.identity, encoder.layer_fractions)
+            except Exception as e:
+                self._policy_failed(record, e)
+                return False
+            self._policy_adopted(record)
+            self._install_encoder(encoder)
+            log.info(
+                "policy reloaded from the record",
+                extra={"encoder": encoder.identity.label(), "path": record.path,
+                       "policy_epoch": record.epoch, "set_by": record.set_by},
+            )
+            return True
+
+    async def _watch_policy(self) -> None:
+        """Follow the policy record; retry a policy that failed to load with backoff."""
+        assert self.policy_sync is not None
+        retry = 1.0
+        while not self._stop.is_set():
+            try:
+                async for record in self.policy_sync.watch(lambda: self.policy_epoch):
+                    if await self.adopt_policy(record):
+                        retry = 1.0
+                    else:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(self._stop.wait(), retry)
+                        retry = min(retry * 2, 30.0)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("policy watcher failed; retrying in 1s")
+                await asyncio.sleep(1.0)
 
 
 class PolicyLoadError(ValueError):

@@ -81,8 +81,9 @@ def test_bundled_policy_is_right_30_to_70_percent_at_temperature_1():
 def test_bundled_flow_finds_corrupted_solutions_harder_to_explain():
     enc = LatentEncoder(DEMO_ASSETS / "policy")
     net, meta = load_flow(DEMO_ASSETS / "flow", enc.identity, enc.layer_fractions)
-    # 4,000 expert solutions, 400 of them held out for the fit's report and calibration
-    assert meta.samples_trained == 3600 and meta.config.context == "next"
+    # 4,000 expert solutions, 400 of them held out for the fit's report and calibration;
+    # conditioned on the previous token (demo/build.py)
+    assert meta.samples_trained == 3600 and meta.config.context == "prev"
     assert meta.calibration is not None and meta.calibration["timesteps"] == [0.8]
     res = clean_vs_corrupted(FlowScorer(enc, net, meta), n=200, digits=3)
     print(f"held-out expert mean deviation {res.clean:.3f}, "
@@ -92,3 +93,11 @@ def test_bundled_flow_finds_corrupted_solutions_harder_to_explain():
     # predict), so the ratio is modest; the pairwise ranking is what matters
     assert res.ratio > 1.05
     assert res.frac_pairs_corrupted_higher > 0.9
+
+
+def test_parse_prompt_round_trips_only_the_demo_format():
+    from flowfield.demo.task import Problem, parse_prompt
+
+    assert parse_prompt("Q:0012+5678\n") == Problem(12, 5678)
+    for bad in ("Q:12+34\n", "Q:1234+5678", "Q:+\n", "1234+5678\n", "Q:١٢٣٤+5678\n"):
+        assert parse_prompt(bad) is None

@@ -123,3 +123,13 @@ def test_bf16_path_matches_float32_within_bf16_precision(llama_dir):
     d16 = torch.cat(s16.deviations(prompts, responses))
     assert d16.dtype == torch.float32 and torch.isfinite(d16).all()
     assert ((d16 - d32).abs() / d32.abs()).median() < 0.1
+
+
+def test_outcome_groups_is_the_prompt_unless_a_group_id_is_given():
+    from flowfield.scorer import outcome_groups
+
+    prompts = [[1, 2], [1, 2], [3], [1, 2]]
+    g = outcome_groups(prompts)
+    assert g[0] == g[1] == g[3] != g[2]
+    g = outcome_groups(prompts, ["a", None, "a", ""])
+    assert g[0] == g[2] == "a" and g[1] == g[3] != "a"

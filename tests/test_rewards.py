@@ -1,5 +1,8 @@
 """Reward shaping formulas against small hand-computed cases (RLFR.md s5)."""
 
+import math
+import statistics
+
 import pytest
 import torch
 
@@ -79,6 +82,29 @@ def test_outcome_advantages_use_sample_std():
     assert a == pytest.approx([0.866025, -0.866025, 0.866025, -0.866025], rel=1e-5)
     assert outcome_advantages([1.0, 1.0]) == pytest.approx([0.0, 0.0])  # all correct
     assert outcome_advantages([1.0]) == [0.0]  # no baseline
+
+
+@pytest.mark.parametrize("rewards", [
+    [1e300, 0.0],  # the variance (1e600) overflows a float
+    [1e308, 1.5e308],  # so does the sum of the mean
+    [-1.7e308, 1.7e308, 0.0],
+    [1e200, 3e200, -2e200, 5e200],
+    [1e-300, 0.0],  # and tiny ones: the 1e-9 dominates, as in the plain formula
+])
+def test_outcome_advantages_of_huge_rewards_follow_the_formula(rewards):
+    # statistics works in exact fractions: no overflow
+    mean, std = statistics.mean(rewards), statistics.stdev(rewards)
+    want = [(x - mean) / (std + 1e-9) for x in rewards]
+    got = outcome_advantages(rewards)
+    assert all(math.isfinite(a) for a in got), got
+    assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+def test_outcome_advantages_scaling_changes_nothing_for_ordinary_rewards():
+    # the rescaling is by a power of two: bit for bit the plain formula where that is finite
+    for rewards in ([1.0, 0.0, 1.0, 0.0], [2.5, -3.0, 7.0], [1e6, 3.0, -12.5], [0.3, 0.2]):
+        r = torch.tensor(rewards, dtype=torch.float64)
+        assert outcome_advantages(rewards) == ((r - r.mean()) / (r.std() + 1e-9)).tolist()
 
 
 def test_group_advantages_add_reward_to_go_and_group_by_id():

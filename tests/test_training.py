@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 from helpers import random_samples
@@ -98,56 +99,29 @@ def test_online_refinement_moves_the_flow_and_lowers_its_loss(tmp_path, llama_di
     assert again.steps == 30 and again.opt.state_dict()["state"]
 
 
+def _fit_cli(model: Path, data: Path, out: Path, *options: str) -> subprocess.CompletedProcess:
+    """`python -m flowfield.cli fit` in a subprocess, as a user runs it."""
+    cmd = [sys.executable, "-m", "flowfield.cli", "fit", "--model", str(model),
+           "--data", str(data), "--out", str(out), *options]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
 def test_cli_fit_prints_a_summary(tmp_path, llama_dir):
     data = tmp_path / "expert.jsonl"
     with open(data, "w") as f:
         f.write(json.dumps({"prompt": "Q:12+34\n", "response": "A:46."}) + "\n")
         f.write(json.dumps({"prompt_ids": [3, 4], "response_ids": [5, 6, 7]}) + "\n")
         f.write(json.dumps({"text": "1+1=2"}) + "\n")
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowfield.cli",
-            "fit",
-            "--model",
-            str(llama_dir),
-            "--data",
-            str(data),
-            "--out",
-            str(tmp_path / "flow"),
-            "--epochs",
-            "2",
-            "--depth",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _fit_cli(llama_dir, data, tmp_path / "flow", "--epochs", "2", "--depth", "1")
     assert out.returncode == 0, out.stderr
     assert "fit: 2 steps" in out.stdout and "final loss" in out.stdout
     assert "fit:" in out.stderr  # the progress bar
     assert (tmp_path / "flow" / "flow.safetensors").is_file()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt_ids": [1], "response_ids": [999]}\n')
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "flowfield.cli",
-            "fit",
-            "--model",
-            str(llama_dir),
-            "--data",
-            str(bad),
-            "--out",
-            str(tmp_path / "f2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = _fit_cli(llama_dir, bad, tmp_path / "f2")
     assert (
-        out.returncode != 0 and "bad.jsonl:1: token ids must be integers in [0, 64)" in out.stderr
+        out.returncode != 0
+        and "bad.jsonl:1: response_ids holds token id 999, outside the vocabulary [0, 64)"
+        in out.stderr
     )

@@ -17,12 +17,11 @@ import torch
 import typer
 
 from flowfield.checkpoint import load_flow
+from flowfield.demo import ASSETS
 from flowfield.demo.data import corrupt_digits
 from flowfield.demo.task import expert_solution, split_problems
 from flowfield.encoder import LatentEncoder
 from flowfield.scorer import FlowScorer
-
-ASSETS = Path(__file__).resolve().parent / "assets"
 
 
 @dataclass

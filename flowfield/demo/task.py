@@ -37,6 +37,16 @@ class Problem:
         return self.a + self.b
 
 
+def parse_prompt(prompt: str) -> Problem | None:
+    """The problem whose prompt is exactly `prompt` ("Q:1234+5678\n"), or None."""
+    body = prompt[2:-1] if prompt.startswith("Q:") and prompt.endswith("\n") else ""
+    a, plus, b = body.partition("+")
+    if not (plus and a.isdigit() and b.isdigit() and a.isascii() and b.isascii()):
+        return None
+    problem = Problem(int(a), int(b))
+    return problem if problem.prompt == prompt else None
+
+
 def expert_solution(problem: Problem) -> str:
     """The step-by-step solution, ending with the answer and a full stop."""
     a = f"{problem.a:0{DIGITS}d}"

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import typer
 
+from flowfield.demo import DEMO_POLICY
 from flowfield.demo.task import expert_solution
 from flowfield.encoder import LatentEncoder
 from flowfield.evaluation.logits import token_logit_stats
@@ -36,11 +37,11 @@ from flowfield.objective import NoiseBank, flow_matching_loss, token_deviations
 from flowfield.path import logit_normal
 from flowfield.training.fit import cosine_with_warmup
 
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "demo" / "assets" / "policy"
 ALL_FRACTIONS = (0.0, 0.25, 0.5, 0.75)  # blocks 0-3 of the 4-block demo policy
 
 BASE = dict(
-    layers=(1, 2, 3), std=False, batch=672, steps=2500, lr=1e-3, width=128, ctx="next", seed=0
+    layers=(1, 2, 3), std=False, batch=672, steps=2500, lr=1e-3, width=128, depth=4,
+    ctx="next", seed=0,
 )
 CONFIGS: dict[str, dict] = {
     "base": {},
@@ -52,6 +53,19 @@ CONFIGS: dict[str, dict] = {
     "std-short": {"std": True, "steps": 300},
     "std-long": {"std": True, "steps": 5000},
     "std-wide": {"std": True, "width": 256},
+    # levers for the GPT-2 demo policy (raw latents)
+    "blocks23": {"layers": (2, 3)},
+    "blocks3": {"layers": (3,)},
+    "prev": {"ctx": "prev"},
+    "no-ctx": {"ctx": "none"},
+    "wide": {"width": 256},
+    "deep": {"depth": 6},
+    "long": {"steps": 5000},
+    "seed1": {"seed": 1},
+    "prev-wide": {"ctx": "prev", "width": 256},
+    "prev-long": {"ctx": "prev", "steps": 5000},
+    "prev-blocks23": {"ctx": "prev", "layers": (2, 3)},
+    "prev-seed1": {"ctx": "prev", "seed": 1},
 }
 
 
@@ -115,7 +129,7 @@ def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
         eh, ec, rh, rc = ((x - mu) / sd for x in (eh, ec, rh, rc))
     d = eh.shape[-1]
     torch.manual_seed(cfg["seed"])
-    net = FlowNet(flow_for_encoder(d, fracs, cfg["width"], 4, cfg["ctx"]))
+    net = FlowNet(flow_for_encoder(d, fracs, cfg["width"], cfg["depth"], cfg["ctx"]))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.01)
     steps, batch = cfg["steps"], cfg["batch"]
     sched = torch.optim.lr_scheduler.LambdaLR(

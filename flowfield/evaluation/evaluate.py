@@ -37,6 +37,7 @@ from flowfield.evaluation.metrics import (
 from flowfield.evaluation.tokens import class_table, demo_token_classes, string_token_classes
 from flowfield.progress import progress_bar
 from flowfield.rewards import NORMALIZATIONS
+from flowfield.samples import SampleLimits, check_sample
 from flowfield.scorer import FlowScorer, ScoreOptions
 
 # sequence-level scores (each oriented: higher = more likely incorrect): key -> label
@@ -101,7 +102,7 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
     separately, no special tokens).
     """
     out: list[EvalRollout] = []
-    vocab = encoder.vocab_size
+    limits = SampleLimits.of(encoder)
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -115,18 +116,19 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
             if not isinstance(row.get("reward"), int | float) or isinstance(row["reward"], bool):
                 raise ValueError(f"{path}:{n}: needs a numeric verifier reward")
             prompt, response = str(row.get("prompt") or ""), str(row.get("response") or "")
-            p_text, r_text = encoder.tokenize(prompt, response)
-            p = list(row["prompt_ids"]) if "prompt_ids" in row else p_text
-            if "response_ids" in row:
-                r = list(row["response_ids"])
-            elif "response" in row:
-                r = r_text
-            else:
+            if "response_ids" not in row and "response" not in row:
                 raise ValueError(f"{path}:{n}: needs response_ids or response")
-            if not r:
-                raise ValueError(f"{path}:{n}: empty response")
-            if not all(isinstance(i, int) and 0 <= i < vocab for i in p + r):
-                raise ValueError(f"{path}:{n}: token ids must be integers in [0, {vocab})")
+            # text is tokenised only where ids are missing (a policy may have no tokenizer)
+            p_text = prompt if "prompt_ids" not in row else ""
+            r_text = response if "response_ids" not in row else ""
+            text = bool(p_text or r_text)
+            p_tok, r_tok = encoder.tokenize(p_text, r_text) if limits.has_tokenizer else ([], [])
+            p, r = row.get("prompt_ids", p_tok), row.get("response_ids", r_tok)
+            if not isinstance(p, list) or not isinstance(r, list):
+                raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
+            problem = check_sample(p, r, limits, needs_tokenizer=text)
+            if problem:
+                raise ValueError(f"{path}:{n}: {problem}")
             prompt = prompt or "".join(token_strings(encoder, p))
             response = response or "".join(token_strings(encoder, r))
             fe = row.get("first_error")
@@ -143,11 +145,22 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
 def token_strings(encoder: LatentEncoder, ids: Sequence[int]) -> list[str]:
     """The text of each token on its own (what the HTML view and the class table show).
 
-    A policy without a tokenizer shows ids as "<id>".
+    A policy without a tokenizer shows ids as "<id>", and so does any id outside the model's
+    vocabulary [0, vocab_size): the tokenizer cannot decode it (an id below 0 or from 2**32
+    up raises OverflowError in tokenizers' decode), and it has no token text anyway.
     """
-    if encoder.tokenizer is None:
-        return [f"<{i}>" for i in ids]
-    return [encoder.tokenizer.decode([i]) for i in ids]
+    tok = encoder.tokenizer
+    vocab = getattr(encoder, "vocab_size", None)
+    out = []
+    for i in ids:
+        if tok is None or i < 0 or (vocab is not None and i >= vocab):
+            out.append(f"<{i}>")
+            continue
+        try:
+            out.append(tok.decode([i]))
+        except (OverflowError, ValueError, TypeError, IndexError, KeyError):
+            out.append(f"<{i}>")  # an id the tokenizer files do not cover
+    return out
 
 
 def is_demo_like(rollouts: Sequence[ScoredRollout]) -> bool:

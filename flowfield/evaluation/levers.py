@@ -20,12 +20,12 @@ from pathlib import Path
 
 import typer
 
+from flowfield.demo import DEMO_POLICY
 from flowfield.demo.data import write_expert_jsonl
 from flowfield.encoder import DEFAULT_LAYER_FRACTIONS, LatentEncoder
 from flowfield.evaluation.problems import expert_problems
 from flowfield.training import FitConfig, fit_flow, load_jsonl
 
-DEMO_POLICY = Path(__file__).resolve().parents[1] / "demo" / "assets" / "policy"
 LEGACY_FIT = FitConfig(
     epochs=10, batch_tokens=2048, lr=1e-3, replicas=2, depth=4, seed=0, standardize=False,
     holdout=0,

@@ -17,6 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from flowfield.checkpoint import load_flow, read_metadata
+from flowfield.demo import ASSETS
 from flowfield.demo.policy import sample_rollouts
 from flowfield.demo.task import Problem
 from flowfield.encoder import LatentEncoder
@@ -33,7 +34,6 @@ from flowfield.progress import progress_bar
 from flowfield.rewards import RewardOptions
 from flowfield.scorer import FlowScorer, ScoreOptions
 
-ASSETS = Path(__file__).resolve().parents[1] / "demo" / "assets"
 DEMO_POLICY = ASSETS / "policy"
 DEMO_FLOW = ASSETS / "flow"
 

@@ -7,21 +7,21 @@ refinement, policy sync, evaluation) for 2 steps per arm with one seed, for CI.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from flowfield.demo import ASSETS
 from flowfield.evaluation.problems import SPLITS
 from flowfield.experiments.arms import DEFAULT_ARMS, parse_arms
+from flowfield.experiments.common import Settings
 
-ASSETS = Path(__file__).resolve().parents[1] / "demo" / "assets"
 DEMO_POLICY = ASSETS / "policy"
 DEMO_FLOW = ASSETS / "flow"
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(Settings):
     arms: tuple[str, ...] = DEFAULT_ARMS
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 50  # policy-gradient steps per arm and seed
@@ -56,23 +56,17 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         parse_arms(",".join(self.arms))
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError("seeds must be a non-empty list of distinct integers")
-        for name in ("steps", "prompts_per_step", "eval_every", "eval_size", "threads",
-                     "service_threads"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        if self.group_size < 2:
-            raise ValueError("group_size must be at least 2 (GRPO needs a group baseline)")
+        self._check_common(
+            at_least_one=("steps", "prompts_per_step", "eval_every", "eval_size", "threads",
+                          "service_threads"),
+            finite=("lr", "beta", "threshold", "temperature", "learner_lr", "target"),
+        )
         if self.sync_every < 0 or self.seen_size < 0 or self.top_k < 0:
             raise ValueError("sync_every, seen_size and top_k must be >= 0")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.update not in ("auto", "on", "off"):
             raise ValueError(f"update must be auto, on or off, got {self.update!r}")
-        for name in ("lr", "beta", "threshold", "temperature", "learner_lr", "target"):
-            if not math.isfinite(getattr(self, name)):
-                raise ValueError(f"{name} must be finite")
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0")
 
@@ -90,14 +84,6 @@ class ExperimentConfig:
         d["policy"], d["flow"] = str(self.policy), str(self.flow)
         d["arms"], d["seeds"] = list(self.arms), list(self.seeds)
         return d
-
-    def with_overrides(self, **overrides: Any) -> ExperimentConfig:
-        """A copy with the given fields replaced; None values leave the field as it is."""
-        known = {f.name for f in fields(self)}
-        unknown = set(overrides) - known
-        if unknown:
-            raise ValueError(f"unknown settings {sorted(unknown)}")
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 FULL = ExperimentConfig()

@@ -11,25 +11,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from flowfield.experiments.arms import ARMS, parse_arms, with_update
+from flowfield.experiments.common import add_run, new_results, package_versions
 from flowfield.experiments.config import ExperimentConfig
 from flowfield.experiments.report import summarize
-from flowfield.experiments.trainer import run_arm_seed
+from flowfield.experiments.trainer import ArmSeedRun
 from flowfield.rewards import RewardOptions
 
 log = logging.getLogger("flowfield.experiments")
 
-RESULTS_FORMAT = 1
 
 
 def dir_sha256(path: Path) -> str:
@@ -41,23 +37,6 @@ def dir_sha256(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _package_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _git(*args: str) -> str | None:
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True,
-                             timeout=10, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip()
-
-
 def collect_versions(policy: Path, flow: Path) -> dict[str, Any]:
     """What a reader needs to know which code, packages and assets produced the numbers."""
     flow_meta: dict[str, Any] = {}
@@ -67,15 +46,8 @@ def collect_versions(policy: Path, flow: Path) -> dict[str, Any]:
         flow_meta = {k: meta.get(k) for k in ("version", "samples_trained", "created_at")}
         flow_meta["encoder"] = meta.get("encoder")
         flow_meta["config"] = meta.get("config")
-    status = _git("status", "--porcelain")
     return {
-        "flowfield": _package_version("flowfield"),
-        "flowfield_client": _package_version("flowfield-client"),
-        "torch": _package_version("torch"),
-        "transformers": _package_version("transformers"),
-        "python": platform.python_version(),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": None if status is None else bool(status),
+        **package_versions("transformers"),
         "policy_sha256": dir_sha256(policy),
         "flow_sha256": dir_sha256(flow),
         "flow": flow_meta,
@@ -87,14 +59,6 @@ def _copy_fresh(src: Path, dst: Path) -> Path:
         shutil.rmtree(dst)
     shutil.copytree(src, dst)
     return dst
-
-
-def write_json(results: dict[str, Any], path: Path) -> None:
-    """Atomically (temp file + rename): a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
 
 
 def run_experiment(
@@ -114,18 +78,10 @@ def run_experiment(
     start = work / "start"
     policy = _copy_fresh(cfg.policy, start / "policy")
     flow = _copy_fresh(cfg.flow, start / "flow")
-    results: dict[str, Any] = {
-        "experiment": "rlfr-toy",
-        "format": RESULTS_FORMAT,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "argv": list(sys.argv),  # the command line that ran the experiment
-        "versions": collect_versions(policy, flow),
-        "settings": cfg.to_dict(),
-        "arms": {a.name: {**a.to_dict(), "defined_update": ARMS[a.name].update} for a in arms},
-        "runs": [],
-        "summary": {},
-        "seconds": 0.0,
-    }
+    results = new_results(
+        "rlfr-toy", collect_versions(policy, flow), cfg.to_dict(),
+        arms={a.name: {**a.to_dict(), "defined_update": ARMS[a.name].update} for a in arms},
+    )
     t0 = time.monotonic()
     total = len(arms) * len(cfg.seeds)
     done = 0
@@ -138,7 +94,7 @@ def run_experiment(
             workdir = work / name
             if workdir.exists():
                 shutil.rmtree(workdir)
-            run = run_arm_seed(cfg, arm, seed, workdir, policy_dir=policy, flow_dir=flow)
+            run = ArmSeedRun(cfg, arm, seed, workdir, policy_dir=policy, flow_dir=flow).run()
             logs = out_dir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             service_log = Path(run["service"]["log"])
@@ -148,11 +104,7 @@ def run_experiment(
                 run["service"]["log"] = str(kept)
             if not keep_work:
                 shutil.rmtree(workdir, ignore_errors=True)
-            results["runs"].append(run)
-            results["summary"] = summarize(results)
-            results["seconds"] = round(time.monotonic() - t0, 3)
-            if json_path is not None:
-                write_json(results, json_path)
+            add_run(results, run, summarize, t0, json_path)
             log.info("run %d/%d done in %.1fs (elapsed %.1fs)", done, total, run["seconds"],
                      results["seconds"])
             if on_run is not None:

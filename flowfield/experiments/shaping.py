@@ -31,7 +31,12 @@ from transformers import PreTrainedTokenizerBase
 from flowfield.demo.policy import expert_rollout
 from flowfield.evaluation.problems import expert_problems
 from flowfield.experiments.policy_gradient import policy_forward
-from flowfield.rewards import RewardOptions, group_advantages, outcome_advantages, token_rewards
+from flowfield.rewards import (
+    RewardOptions,
+    group_advantages,
+    grouped_outcome_advantages,
+    token_rewards,
+)
 
 CALIBRATION_PROBLEMS = 256  # expert solutions (~11k tokens) for the logit arms' statistics
 
@@ -43,18 +48,6 @@ class Shaped:
 
     advantages: list[torch.Tensor]
     dense_return: list[float]
-
-
-def outcome_per_sample(rewards: Sequence[float], group_ids: Sequence[str]) -> list[float]:
-    """The group-normalised outcome advantage of every sample (groups by id, not position)."""
-    members: dict[str, list[int]] = {}
-    for i, g in enumerate(group_ids):
-        members.setdefault(g, []).append(i)
-    out = [0.0] * len(rewards)
-    for idx in members.values():
-        for i, a in zip(idx, outcome_advantages([rewards[i] for i in idx])):
-            out[i] = a
-    return out
 
 
 def _with_end(adv: torch.Tensor, outcome: float, has_end: bool) -> torch.Tensor:
@@ -69,7 +62,7 @@ def shape_outcome(
     has_end: Sequence[bool],
 ) -> Shaped:
     """RLVR: the outcome advantage on every response token (and the end token)."""
-    outcome = outcome_per_sample(rewards, group_ids)
+    outcome = grouped_outcome_advantages(rewards, group_ids)
     adv = [
         torch.full((n + int(e),), a, dtype=torch.float32)
         for n, a, e in zip(lengths, outcome, has_end)
@@ -89,7 +82,7 @@ def shape_signal(
         token_rewards(s.detach().to(torch.float64).cpu(), options, **extra) for s in signals
     ]
     adv = group_advantages(shaped, rewards, group_ids)
-    outcome = outcome_per_sample(rewards, group_ids)
+    outcome = grouped_outcome_advantages(rewards, group_ids)
     return Shaped(
         [_with_end(a, o, e) for a, o, e in zip(adv, outcome, has_end)],
         [float(r.sum()) for r in shaped],
@@ -106,7 +99,7 @@ def shape_service(
 ) -> Shaped:
     """The service's token advantages. A sample it could not score (an empty response is an
     error there) falls back to the outcome advantage, which the service would have given it."""
-    outcome = outcome_per_sample(rewards, group_ids)
+    outcome = grouped_outcome_advantages(rewards, group_ids)
     adv = []
     for a_svc, n, o, e in zip(service_advantages, lengths, outcome, has_end):
         if a_svc is None or len(a_svc) != n:

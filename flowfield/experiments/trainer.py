@@ -23,8 +23,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -35,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from flowfield.demo.policy import Rollout, sample_rollouts
 from flowfield.experiments.arms import Arm
+from flowfield.experiments.common import Timings
 from flowfield.experiments.config import ExperimentConfig
 from flowfield.experiments.evaluate import (
     GREEDY_TEMPERATURE,
@@ -142,22 +142,14 @@ class ArmSeedRun:
             if self.logit_options is not None and self.logit_options.normalization == "expert"
             else None
         )
-        self.timings = dict.fromkeys(
-            ("sample", "score", "update", "policy_step", "learner_wait", "sync", "eval"), 0.0
+        self.timings = Timings(
+            ("sample", "score", "update", "policy_step", "learner_wait", "sync", "eval")
         )
         self.train: list[dict[str, Any]] = []
         self.evals: list[dict[str, Any]] = []
         self.expected_trained = 0  # samples the service's flow has trained on, once caught up
         self._synced_dir: Path | None = None
         self._encoder_name = ""
-
-    @contextmanager
-    def _timed(self, what: str) -> Iterator[None]:
-        t0 = time.monotonic()
-        try:
-            yield
-        finally:
-            self.timings[what] += time.monotonic() - t0
 
     def service_settings(self) -> dict[str, object]:
         return {
@@ -214,7 +206,7 @@ class ArmSeedRun:
                 "encoder_end": info_end.encoder,
                 "log": str(svc.log_path),
             },
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings": self.timings.rounded(),
             "seconds": round(time.monotonic() - t_run, 3),
         }
 
@@ -225,7 +217,7 @@ class ArmSeedRun:
         cfg = self.cfg
         t_step = time.monotonic()
         batch = [p for p in self.schedule[step - 1] for _ in range(cfg.group_size)]
-        with self._timed("sample"):
+        with self.timings.timed("sample"):
             rollouts: list[Rollout] = sample_rollouts(
                 self.model, self.tok, batch, temperature=cfg.temperature,
                 seed=self.seed * 1_000_003 + step,
@@ -237,15 +229,15 @@ class ArmSeedRun:
                    response_ids=r.response_ids, reward=r.reward)
             for i, (r, g) in enumerate(zip(rollouts, group_ids))
         ]
-        with self._timed("score"):
+        with self.timings.timed("score"):
             scored = ff.score(samples, return_advantages=self.arm.signal == "flow",
                               **self.score_options)
         pushed = accepted = 0
         if self.arm.update:  # before the policy step: the learner trains meanwhile
-            with self._timed("update"):
+            with self.timings.timed("update"):
                 pushed, accepted = self._push_accepted(ff, step, samples)
 
-        with self._timed("policy_step"):
+        with self.timings.timed("policy_step"):
             fwd = policy_forward(self.model, rollouts, self.tok.eos_token_id,
                                  self.tok.pad_token_id)
             shaped = self._shape(fwd, scored, rollouts, rewards, group_ids)
@@ -260,13 +252,13 @@ class ArmSeedRun:
         waited = 0.0
         flow_version = scored.flow_version
         if accepted:
-            with self._timed("learner_wait"):
+            with self.timings.timed("learner_wait"):
                 info, waited = wait_for_learner(ff, self.expected_trained,
                                                 cfg.learner_timeout_s)
             flow_version = info.flow_version
         synced = None
         if cfg.sync_every and step % cfg.sync_every == 0:
-            with self._timed("sync"):
+            with self.timings.timed("sync"):
                 synced = self._sync_policy(ff, step)
 
         lengths = [len(r.response_ids) for r in rollouts]
@@ -333,7 +325,7 @@ class ArmSeedRun:
 
     def evaluate(self, step: int) -> dict[str, Any]:
         """Held-out greedy accuracy and T=1 pass@1, and greedy accuracy on seen prompts."""
-        with self._timed("eval"):
+        with self.timings.timed("eval"):
             t0 = time.monotonic()
             greedy = accuracy(self.model, self.tok, self.held, GREEDY_TEMPERATURE)
             pass1 = accuracy(self.model, self.tok, self.held, 1.0)
@@ -366,16 +358,3 @@ class ArmSeedRun:
             fmean(r["seconds"] for r in recent),
         )
 
-
-def run_arm_seed(
-    cfg: ExperimentConfig,
-    arm: Arm,
-    seed: int,
-    workdir: Path,
-    policy_dir: Path | None = None,
-    flow_dir: Path | None = None,
-    on_step: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train `arm` from the start policy with `seed`; returns its curves and service record
-    (see `ArmSeedRun`)."""
-    return ArmSeedRun(cfg, arm, seed, workdir, policy_dir, flow_dir, on_step).run()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flowfield.encoder import LatentEncoder
+from flowfield.samples import SampleLimits, check_sample
 
 
 @dataclass(frozen=True)
@@ -26,11 +27,12 @@ def load_jsonl(
         {"prompt": "...", "response": "..."}           text, tokenised with the model's tokenizer
         {"text": "..."}                                whole text scored as a response
 
-    Blank lines are skipped; anything else is an error naming the line.
+    Blank lines are skipped; anything else is an error naming the line, including a sample
+    the model cannot score (flowfield.samples.check_sample; max_tokens caps prompt + response
+    below the model's context).
     """
     out: list[Sample] = []
-    vocab = encoder.vocab_size
-    limit = max_tokens or encoder.max_positions
+    limits = SampleLimits.of(encoder, max_tokens)
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
@@ -41,21 +43,22 @@ def load_jsonl(
                 raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{n}: expected a JSON object")
+            text: tuple[str, str] | None = None
             if "response_ids" in row:
-                p, r = list(row.get("prompt_ids") or []), list(row["response_ids"])
+                p, r = row.get("prompt_ids") or [], row["response_ids"]
+                if not isinstance(p, list) or not isinstance(r, list):
+                    raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
             elif "response" in row:
-                p, r = encoder.tokenize(str(row.get("prompt") or ""), str(row["response"]))
+                text = (str(row.get("prompt") or ""), str(row["response"]))
             elif "text" in row:
-                p, r = encoder.tokenize("", str(row["text"]))
+                text = ("", str(row["text"]))
             else:
                 raise ValueError(f"{path}:{n}: needs response_ids, response or text")
-            ids = p + r
-            if not all(isinstance(i, int) and 0 <= i < vocab for i in ids):
-                raise ValueError(f"{path}:{n}: token ids must be integers in [0, {vocab})")
-            if not r:
-                raise ValueError(f"{path}:{n}: empty response")
-            if limit and len(ids) > limit:
-                raise ValueError(f"{path}:{n}: {len(ids)} tokens, more than the limit {limit}")
+            if text is not None:
+                p, r = encoder.tokenize(*text) if limits.has_tokenizer else ([], [])
+            problem = check_sample(p, r, limits, needs_tokenizer=text is not None and any(text))
+            if problem:
+                raise ValueError(f"{path}:{n}: {problem}")
             out.append(Sample(tuple(p), tuple(r)))
     if not out:
         raise ValueError(f"{path}: no samples")

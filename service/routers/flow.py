@@ -6,21 +6,23 @@ from pathlib import Path
 
 from fastapi import APIRouter, Depends
 
-from flowfield.checkpoint import FlowMismatchError
-from service.auth import require_score, require_update
+from flowfield.checkpoint import FlowMismatchError, policy_revision
+from service import metrics
+from service.auth import require
 from service.errors import ApiError
 from service.schemas import ErrorResponse, FlowInfo, PolicyRequest, PolicyResponse
 from service.state import ServiceState, get_state
-from service.updates.queue import QueueUnavailable
+from service.updates.policy import PolicySyncUnavailable
 
 router = APIRouter(tags=["flow"])
 
 
-@router.get("/v1/flow", response_model=FlowInfo, dependencies=[Depends(require_score)])
+@router.get("/v1/flow", response_model=FlowInfo, dependencies=[Depends(require("score"))])
 async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
     sc = state.scorer
     meta = sc.meta
-    stats = state.learner.stats if state.learner is not None else {}
+    # the in-process learner's last publish (a stand-alone learner's is not known here)
+    last_update = state.learner.stats.last_update if state.learner is not None else None
     return FlowInfo(
         flow_version=sc.version,
         encoder=sc.encoder.identity.label(),
@@ -30,37 +32,45 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
             "hooked_layers": list(sc.encoder.layers),
             "created_at": meta.created_at,
             "tokens_trained": meta.tokens_trained,
+            # the policy encoder this flow version was trained against
+            "policy_revision": policy_revision(meta),
         },
         samples_trained=meta.samples_trained,
-        last_update=stats.get("last_update") or (meta.created_at or None),
+        last_update=last_update or (meta.created_at or None),
         pending=await _pending(state),
         queue_backend=state.queue_backend,
+        policy_epoch=state.policy_epoch if state.policy_sync is not None else None,
+        policy_error=state.policy_error,
     )
 
 
 async def _pending(state: ServiceState) -> int:
-    try:
-        return await state.queue.pending()
-    except QueueUnavailable as e:
-        raise ApiError(
-            503, "queue_unavailable", f"update queue unavailable: {e}", headers={"Retry-After": "2"}
-        ) from None
+    n = await state.queue.pending()  # QueueUnavailable: 503 (service/errors.py)
+    metrics.PENDING_SAMPLES.set(n)
+    return n
 
 
 @router.post(
     "/v1/policy",
     response_model=PolicyResponse,
-    dependencies=[Depends(require_update)],
+    dependencies=[Depends(require("update"))],
     responses={
         401: {"model": ErrorResponse},
         403: {"model": ErrorResponse},
+        408: {"model": ErrorResponse},
+        413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
+        503: {"model": ErrorResponse},
     },
 )
 async def reload_policy(
     req: PolicyRequest, state: ServiceState = Depends(get_state)
 ) -> PolicyResponse:
-    """Reload the encoder from a local checkpoint directory (RLFR's latents are the policy's)."""
+    """Reload the encoder from a local checkpoint directory (RLFR's latents are the policy's).
+
+    With Redis the policy is recorded under a new policy epoch once it loaded here, and every
+    other scorer replica and the stand-alone learner reload it (docs/api.md)."""
     path = Path(req.path)
     try:
         is_model_dir = (path / "config.json").is_file()
@@ -79,9 +89,20 @@ async def reload_policy(
         await state.reload_policy(path, req.revision, req.name)
     except FlowMismatchError as e:
         raise ApiError(422, "flow_mismatch", str(e), "path") from None
+    except PolicySyncUnavailable as e:
+        raise ApiError(
+            503,
+            "queue_unavailable",
+            f"redis unavailable, the policy was not recorded for the other replicas ({e}); "
+            "the current policy stays in service",
+            headers={"Retry-After": "2"},
+        ) from None
     except (OSError, ValueError) as e:
         raise ApiError(422, "invalid_model", f"cannot load {req.path}: {e}", "path") from None
     sc = state.scorer
     return PolicyResponse(
-        encoder=sc.encoder.identity.label(), flow_version=sc.version, layers=list(sc.encoder.layers)
+        encoder=sc.encoder.identity.label(),
+        flow_version=sc.version,
+        layers=list(sc.encoder.layers),
+        policy_epoch=state.policy_epoch if state.policy_sync is not None else None,
     )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends
 
 from flowfield.graph import Group, Step, Trajectory, score_groups
 from service import metrics
-from service.auth import require_score
+from service.auth import require
 from service.errors import ApiError
 from service.schemas import (
     ErrorResponse,
@@ -19,7 +19,7 @@ from service.schemas import (
     GraphTrajectoryOut,
 )
 
-router = APIRouter(tags=["graph"], dependencies=[Depends(require_score)])
+router = APIRouter(tags=["graph"], dependencies=[Depends(require("score"))])
 
 # Magnitudes that keep every sum, difference and advantage finite: a return adds up to 10,001
 # rewards (|R| <= 1e16), a step reward is a difference of two values (<= 2e12) and an
@@ -90,7 +90,9 @@ def _to_groups(req: GraphRequest) -> list[Group]:
 
 
 @router.post(
-    "/v1/score/graph", response_model=GraphResponse, responses={422: {"model": ErrorResponse}}
+    "/v1/score/graph",
+    response_model=GraphResponse,
+    responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422)},
 )
 async def score_graph(req: GraphRequest) -> GraphResponse:
     if abs(req.step_weight) > MAX_ABS_STEP_WEIGHT:

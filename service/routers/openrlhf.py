@@ -20,14 +20,15 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowfield.rewards import RewardOptions
-from service.auth import require_score_header_or_url
+from flowfield.samples import SampleLimits, check_sample
+from service.auth import require
 from service.errors import ApiError
-from service.scheduler import Overloaded, ScoreJob
+from service.scheduler import ScoreJob
 from service.schemas import ErrorResponse, OpenRLHFResponse, Text
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["openrlhf"], dependencies=[Depends(require_score_header_or_url)])
+router = APIRouter(tags=["openrlhf"], dependencies=[Depends(require("score", url_key=True))])
 
 
 class GetRewardRequest(BaseModel):
@@ -67,8 +68,7 @@ def strip_end(text: str, tokens: list[str]) -> str:
 @router.post(
     "/get_reward",
     response_model=OpenRLHFResponse,
-    responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
-               429: {"model": ErrorResponse}},
+    responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429)},
 )
 async def get_reward(
     req: GetRewardRequest,
@@ -81,7 +81,10 @@ async def get_reward(
     """One reward per query: the sum of its token rewards (the flow return).
 
     The response is the query with its prompt prefix removed; without prompts (or when a
-    query does not start with its prompt) the whole query is scored as the response.
+    query does not start with its prompt) the whole query is scored as the response. A query
+    with an empty response gets 0.0; one the policy cannot score (flowfield.samples: a token
+    id outside the vocabulary, longer than the model's context) is a 422 `invalid_sample`
+    naming it, as OpenRLHF's shape has no per-sample error.
     """
     n = len(req.query)
     if req.prompts and len(req.prompts) != n:
@@ -99,7 +102,8 @@ async def get_reward(
     if n == 0:
         return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
     enc = state.scorer.encoder
-    if not getattr(enc, "has_tokenizer", True):
+    limits = SampleLimits.of(enc)
+    if not limits.has_tokenizer:
         raise ApiError(422, "no_tokenizer", "the policy has no tokenizer: /get_reward takes "
                        "text; score token ids on /v1/score", "query")
     ends = end_tokens(enc.tokenizer) if strip_eos else []
@@ -117,6 +121,10 @@ async def get_reward(
                 f"{len(pi) + len(ri)} tokens; the limit is {settings.max_tokens_per_sample}",
                 f"query[{i}]",
             )
+        # an empty response is not an error here: it gets 0.0 (docs/api.md)
+        problem = check_sample(pi, ri, limits) if ri else None
+        if problem:  # no per-sample error in OpenRLHF's shape: the request is refused
+            raise ApiError(422, "invalid_sample", f"query[{i}]: {problem}", f"query[{i}]")
         prompts.append(pi)
         responses.append(ri)
     ok = [i for i, r in enumerate(responses) if r]
@@ -141,10 +149,6 @@ async def get_reward(
             out = await state.scheduler.submit(job)
         except ValueError as e:  # the service's default options do not fit the current flow
             raise ApiError(422, "invalid_option", str(e), "options") from None
-        except Overloaded as e:
-            raise ApiError(
-                429, "overloaded", f"scoring queue is full ({e})", headers={"Retry-After": "1"}
-            ) from None
         for i, sc in zip(ok, out.scores):
             rewards[i] = sc.flow_return
             mean_dev[i] = float(sc.deviations.mean())

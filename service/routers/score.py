@@ -5,22 +5,24 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from flowfield.rewards import RewardOptions
-from flowfield.scorer import FlowScorer, ScoreOptions
+from flowfield.scorer import FlowScorer, ScoreOptions, outcome_groups
 from service import metrics
-from service.auth import require_score
+from service.auth import require
 from service.errors import ApiError
 from service.samples import check_request_limits, resolve_ids, sample_problem
-from service.scheduler import Overloaded, ScoreJob
+from service.scheduler import ScoreJob
 from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse, ScoreResult
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["score"], dependencies=[Depends(require_score)])
+router = APIRouter(tags=["score"], dependencies=[Depends(require("score"))])
 
 ERRORS = {
     401: {"model": ErrorResponse},
     403: {"model": ErrorResponse},
+    408: {"model": ErrorResponse},
     413: {"model": ErrorResponse},
+    415: {"model": ErrorResponse},
     422: {"model": ErrorResponse},
     429: {"model": ErrorResponse},
 }
@@ -98,6 +100,14 @@ async def score(
     settings: Settings = Depends(get_settings_dep),
 ) -> ScoreResponse:
     """Score rollouts: per-token rewards aligned to response_ids (docs/api.md)."""
+    return await score_request(req, state, settings)
+
+
+async def score_request(
+    req: ScoreRequest, state: ServiceState, settings: Settings
+) -> ScoreResponse:
+    """What POST /v1/score does, for other routes (the token-reward view) to share: same
+    limits, errors and scheduler."""
     check_request_limits(req.samples, settings)
     timesteps = _timesteps(req, settings)
     opts = _reward_options(req, settings, state.scorer, timesteps)
@@ -132,8 +142,7 @@ async def score(
     }
     flow_version, encoder_label = scorer.version, scorer.encoder.identity.label()
     if ok:
-        # samples without a group id share a group with those of the same prompt
-        group_ids = [req.samples[i].group_id or f"prompt:{prompts[i]}" for i in ok]
+        group_ids = outcome_groups([prompts[i] for i in ok], [req.samples[i].group_id for i in ok])
         job = ScoreJob(
             prompts=[prompts[i] for i in ok],
             responses=[responses[i] for i in ok],
@@ -147,13 +156,6 @@ async def score(
             out = await state.scheduler.submit(job)
         except ValueError as e:  # the flow changed under the request and cannot serve it
             raise ApiError(422, "invalid_option", str(e), "options.normalization") from None
-        except Overloaded as e:
-            raise ApiError(
-                429,
-                "overloaded",
-                f"scoring queue is full ({e}); retry shortly",
-                headers={"Retry-After": "1"},
-            ) from None
         flow_version, encoder_label = out.flow_version, out.encoder
         for i, sc in zip(ok, out.scores):
             results[i] = ScoreResult(

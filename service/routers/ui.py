@@ -23,28 +23,32 @@ from __future__ import annotations
 import html
 import json
 import random
-import re
 from collections import deque
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
 from flowfield.demo.data import corrupt_digits
-from flowfield.demo.task import Problem, expert_solution, first_error, verify
+from flowfield.demo.task import expert_solution, first_error, parse_prompt, verify
 from flowfield.evaluation.evaluate import token_strings
 from flowfield.evaluation.html import TokenView, render_fragment, render_page
 from flowfield.evaluation.problems import eval_problems
-from service.auth import require_score
-from service.routers.score import score
+from service.auth import require
+from service.routers.score import score_request
 from service.samples import resolve_ids
 from service.schemas import ScoreRequest, ScoreSample
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["ui"], dependencies=[Depends(require_score)])
+router = APIRouter(tags=["ui"], dependencies=[Depends(require("score"))])
 
 RECENT = 32  # rollouts kept for GET /ui
-_DEMO_PROMPT = re.compile(r"Q:(\d{1,4})\+(\d{1,4})\n")
+
+# the errors are the JSON error object, whatever the route's own (HTML) media type
+_JSON_ERROR = {
+    "description": "Error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
 
 EXAMPLE = {
     "samples": [
@@ -96,25 +100,21 @@ def _recent(request: Request) -> deque:
     return buf
 
 
-def _demo_problem(prompt: str) -> Problem | None:
-    m = _DEMO_PROMPT.fullmatch(prompt)
-    return Problem(int(m.group(1)), int(m.group(2))) if m else None
-
-
 async def _score_views(
     req: ScoreRequest, state: ServiceState, settings: Settings
 ) -> tuple[list[TokenView], int]:
     req.options.return_deviations = True
-    out = await score(req, state, settings)
+    out = await score_request(req, state, settings)
     encoder = state.scorer.encoder
     prompts, responses = resolve_ids(req.samples, encoder, settings)
     views = []
     for s, p, r, res in zip(req.samples, prompts, responses, out.results):
+        # ids outside the vocabulary (the sample's error) come back as "<id>", never raise
         tokens = token_strings(encoder, r)
         prompt = s.prompt if s.prompt is not None else "".join(token_strings(encoder, p))
         outcome = None if s.reward is None else float(s.reward)
         fe = None
-        problem = _demo_problem(prompt)
+        problem = parse_prompt(prompt)
         if problem is not None and all(len(t) == 1 for t in tokens):
             text = "".join(tokens)
             fe = first_error(problem, text)
@@ -171,7 +171,11 @@ def _page(state: ServiceState, sections: list[tuple[str, list[TokenView]]]) -> s
     )
 
 
-@router.get("/ui", response_class=HTMLResponse)
+@router.get(
+    "/ui",
+    response_class=HTMLResponse,
+    responses={code: _JSON_ERROR for code in (401, 422, 429)},
+)
 async def ui(
     request: Request,
     demo: int = Query(0, ge=0, le=16, description="score this many demo problems now"),
@@ -187,7 +191,12 @@ async def ui(
     return HTMLResponse(_page(state, sections))
 
 
-@router.post("/ui/render", response_class=HTMLResponse)
+@router.post(
+    "/ui/render",
+    response_class=HTMLResponse,
+    # the JSON errors of /v1/score, which it goes through (and the guards' 408, 413, 415)
+    responses={code: _JSON_ERROR for code in (401, 408, 413, 415, 422, 429)},
+)
 async def render(
     req: ScoreRequest,
     request: Request,

@@ -7,16 +7,15 @@ import uuid
 from fastapi import APIRouter, Depends
 
 from service import metrics
-from service.auth import require_update
+from service.auth import require
 from service.errors import ApiError
 from service.samples import check_request_limits, resolve_ids, sample_problem
 from service.schemas import ErrorResponse, UpdateRequest, UpdateResponse
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
-from service.updates.queue import QueueUnavailable
 from service.updates.types import UpdateSample
 
-router = APIRouter(tags=["update"], dependencies=[Depends(require_update)])
+router = APIRouter(tags=["update"], dependencies=[Depends(require("update"))])
 
 
 @router.post(
@@ -26,7 +25,9 @@ router = APIRouter(tags=["update"], dependencies=[Depends(require_update)])
     responses={
         401: {"model": ErrorResponse},
         403: {"model": ErrorResponse},
+        408: {"model": ErrorResponse},
         413: {"model": ErrorResponse},
+        415: {"model": ErrorResponse},
         422: {"model": ErrorResponse},
         503: {"model": ErrorResponse},
     },
@@ -56,12 +57,8 @@ async def update(
             UpdateSample(f"{update_id}:{s.id}", prompts[i], responses[i], float(s.reward))
         )
     skipped = len(req.samples) - len(accepted)
-    try:
-        res = await state.queue.enqueue(update_id, accepted)
-    except QueueUnavailable as e:  # Redis unreachable: nothing was queued, say so
-        raise ApiError(
-            503, "queue_unavailable", f"update queue unavailable: {e}", headers={"Retry-After": "2"}
-        ) from None
+    # Redis unreachable: QueueUnavailable, answered 503 (service/errors.py); nothing queued
+    res = await state.queue.enqueue(update_id, accepted)
     if res.duplicate:
         metrics.UPDATE_DUPLICATES.inc()
     else:

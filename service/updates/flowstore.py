@@ -1,12 +1,12 @@
 """Versioned flow checkpoints and the current-version pointer.
 
-Layout under `settings.checkpoint_dir`:
+Layout under `FlowStoreConfig.checkpoint_dir` (the `checkpoint_dir` setting):
 
     v000001/  flow.safetensors, flow.json (flowfield.checkpoint.save_flow) + learner.pt
     v000002/  ...
     CURRENT.json   embedded mode only: {"version": n, "path": ...}
 
-Version 0 is the initial flow at `settings.flow_path`, which is never written to. A version
+Version 0 is the initial flow at `FlowStoreConfig.flow_path`, which is never written to. A version
 directory is written under a temporary name (`.tmp-v000003-<random>`) in the same parent,
 fsynced, and renamed into place, so a reader never sees a half-written version.
 
@@ -52,6 +52,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from flowfield.checkpoint import load_flow, save_flow
 from flowfield.encoder import EncoderIdentity
 from flowfield.flownet import FlowMetadata, FlowNet
+from service.settings import Settings, setting_default
 from service.updates.keys import GROUP, RedisKeys, text
 from service.updates.types import Entry
 
@@ -71,6 +73,29 @@ log = logging.getLogger("flowfield.flowstore")
 LEARNER_STATE = "learner.pt"
 POINTER = "CURRENT.json"
 _VERSION_DIR = re.compile(r"^v(\d{6,})$")
+
+
+@dataclass(frozen=True)
+class FlowStoreConfig:
+    """Where versions live and how the pointer is kept. Defaults are the Settings defaults.
+
+    `redis_url` set: the pointer is in Redis (unless the store is given a client); unset: in
+    CURRENT.json. `record_ttl_s` is how long a version's record (entries, sample ids) and the
+    trained-id audit live: the update_id_ttl_s setting."""
+
+    checkpoint_dir: Path = setting_default("checkpoint_dir")
+    flow_path: Path = setting_default("flow_path")
+    redis_url: str | None = setting_default("redis_url")
+    prefix: str = setting_default("redis_prefix")
+    record_ttl_s: int = setting_default("update_id_ttl_s")
+    keep_versions: int = setting_default("keep_versions")
+    poll_s: float = 5.0  # watch: pointer poll interval with Redis (not a setting)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FlowStoreConfig:
+        return cls(checkpoint_dir=Path(settings.checkpoint_dir), flow_path=Path(settings.flow_path),
+                   redis_url=settings.redis_url, prefix=settings.redis_prefix,
+                   record_ttl_s=settings.update_id_ttl_s, keep_versions=settings.keep_versions)
 
 
 class CommitConflict(RuntimeError):
@@ -160,30 +185,30 @@ def _fsync_dir(directory: Path) -> None:
 class FlowStore:
     """Versioned flows on a (shared) directory plus a pointer in a file or in Redis."""
 
-    def __init__(self, checkpoint_dir: str | Path, initial_flow: str | Path,
-                 redis_client: aioredis.Redis | None = None, prefix: str = "flowfield",
-                 record_ttl_s: int = 7 * 24 * 3600, keep_versions: int = 5,
-                 poll_s: float = 5.0) -> None:
-        self.root = Path(checkpoint_dir)
-        self.initial_flow = Path(initial_flow)
+    def __init__(self, config: FlowStoreConfig,
+                 redis_client: aioredis.Redis | None = None) -> None:
+        """`redis_client` (e.g. one shared with the queue) wins over `config.redis_url`; with
+        neither, the pointer is the file CURRENT.json."""
+        if redis_client is None and config.redis_url:
+            redis_client = aioredis.Redis.from_url(config.redis_url, decode_responses=True)
+        self.config = config
+        self.root = Path(config.checkpoint_dir)
+        self.initial_flow = Path(config.flow_path)
         self.redis = redis_client
-        self.keys = RedisKeys(prefix)
-        self.record_ttl_s = int(record_ttl_s)
-        self.keep_versions = max(1, int(keep_versions))
-        self.poll_s = poll_s
+        self.keys = RedisKeys(config.prefix)
+        self.record_ttl_s = int(config.record_ttl_s)
+        self.keep_versions = max(1, int(config.keep_versions))
+        self.poll_s = float(config.poll_s)
         self._changed: asyncio.Condition | None = None  # made lazily, inside the event loop
         self._generation = 0  # bumped on every local publish, read under _changed
         self._publish = redis_client.register_script(_PUBLISH) if redis_client else None
 
     @classmethod
-    def from_settings(cls, settings: Any, redis_client: aioredis.Redis | None = None,
-                      **kwargs: Any) -> FlowStore:
-        """The store the service and the learner use: Redis pointer iff settings.redis_url."""
-        if redis_client is None and settings.redis_url:
-            redis_client = aioredis.Redis.from_url(settings.redis_url, decode_responses=True)
-        kwargs.setdefault("keep_versions", getattr(settings, "keep_versions", 5))
-        return cls(settings.checkpoint_dir, settings.flow_path, redis_client,
-                   settings.redis_prefix, settings.update_id_ttl_s, **kwargs)
+    def from_settings(cls, settings: Settings, redis_client: aioredis.Redis | None = None,
+                      **overrides: Any) -> FlowStore:
+        """The store the service and the learner use: Redis pointer iff settings.redis_url.
+        `overrides` replace FlowStoreConfig fields (e.g. poll_s)."""
+        return cls(replace(FlowStoreConfig.from_settings(settings), **overrides), redis_client)
 
     @property
     def backend(self) -> str:

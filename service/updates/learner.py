@@ -16,6 +16,18 @@ partition) cannot publish. On start, and whenever a step fails, the learner relo
 current version and its optimiser state, so training always continues from what was
 published.
 
+Policy changes. The learner encodes each batch with its current encoder when it trains it:
+the queue holds token ids, not latents, so samples queued while an older policy was in service
+are encoded with the policy that is current when their batch is trained. `use_encoder`
+(the serving process calls it on POST /v1/policy) or a newer policy epoch in Redis (the
+stand-alone learner checks `policy.epoch()` when a batch starts: before it is read, and again
+after, before training) makes the next step rebuild the refiner from the published version and
+its optimiser state on the new encoder's latents; a step already running finishes on the old
+encoder and its version records the old policy. Every published version records the label of
+the encoder it was trained against (`extra["policy_revision"]`). A recorded policy the learner
+cannot load pauses training (entries stay queued, the error is logged, retried with backoff)
+instead of training on the old policy's latents.
+
 Samples that can never be trained (empty response, token id outside the vocabulary, longer
 than the model's context) are acknowledged without training and logged, so one bad sample
 cannot wedge the queue.
@@ -34,13 +46,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import LockError, RedisError
 
-from flowfield.checkpoint import FlowMismatchError
+from flowfield.checkpoint import FlowMismatchError, record_policy
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata
 from flowfield.training.online import OnlineRefiner
@@ -49,9 +61,13 @@ from service.metrics import (
     LEARNER_LOSS,
     LEARNER_STEPS,
     PENDING_SAMPLES,
+    POLICY_EPOCH,
+    POLICY_IN_SYNC,
     SAMPLES_TRAINED,
 )
+from service.settings import Settings, setting_default
 from service.updates.flowstore import LOCK_LOST, CommitConflict, FlowStore
+from service.updates.policy import PolicyRecord, PolicySync
 from service.updates.queue import UpdateQueue
 from service.updates.types import Entry, UpdateSample
 
@@ -59,8 +75,72 @@ log = logging.getLogger("flowfield.learner")
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class LearnerConfig:
+    """Everything the learner reads from the configuration; `from_settings` maps the
+    FLOWFIELD_LEARNER_* settings (and `timesteps`) onto it. Defaults are the Settings ones."""
+
+    name: str | None = setting_default("learner_name")  # consumer name; None: host-pid
+    batch: int = setting_default("learner_batch")  # samples per step
+    block_ms: int = setting_default("learner_block_ms")  # wait for the batch to fill
+    reclaim_idle_ms: int = setting_default("learner_reclaim_idle_ms")
+    lock_ttl_ms: int = setting_default("learner_lock_ttl_ms")
+    lr: float = setting_default("learner_lr")
+    min_lr: float = setting_default("learner_min_lr")
+    horizon: int = setting_default("learner_horizon")
+    timesteps: tuple[float, ...] = setting_default("timesteps")
+    # test hook: sleep between writing a version and publishing it (the crash window)
+    test_pause_s: float = setting_default("learner_test_pause_s")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> LearnerConfig:
+        """The learner's part of `settings`; `overrides` replace fields (e.g. name)."""
+        values: dict[str, Any] = dict(
+            name=settings.learner_name,
+            batch=settings.learner_batch,
+            block_ms=settings.learner_block_ms,
+            reclaim_idle_ms=settings.learner_reclaim_idle_ms,
+            lock_ttl_ms=settings.learner_lock_ttl_ms,
+            lr=settings.learner_lr,
+            min_lr=settings.learner_min_lr,
+            horizon=settings.learner_horizon,
+            timesteps=tuple(settings.timesteps),
+            test_pause_s=settings.learner_test_pause_s,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class LearnerStats:
+    """What the learner reports (GET /v1/flow's last_update, logs, tests): the version it
+    last loaded or published and its counters."""
+
+    consumer: str
+    policy: str  # label of the encoder the next step trains on
+    policy_epoch: int = 0  # recorded policy epoch of that encoder (0 = the configured one)
+    policy_error: str | None = None  # why the recorded policy does not load (training paused)
+    version: int = 0
+    steps: int = 0
+    samples_trained: int = 0
+    tokens_trained: int = 0
+    last_loss: float | None = None
+    rejected: int = 0  # untrainable samples acknowledged without training
+    pending: int = 0  # last queue depth seen
+    last_update: float | None = None  # unix time of the last publish by this learner
+
+
 class LearnerConfigError(RuntimeError):
     """The current flow cannot be loaded for this encoder; retrying will not help."""
+
+
+class PolicyUnavailable(RuntimeError):
+    """The recorded policy cannot be loaded here: training pauses until it can."""
+
+    def __init__(self, record: PolicyRecord, why: str) -> None:
+        super().__init__(f"cannot load the recorded policy {record.label} (epoch "
+                         f"{record.epoch}) from {record.path}: {why}")
+        self.record = record
 
 
 def default_consumer_name() -> str:
@@ -107,7 +187,8 @@ class RedisLock:
     and release) with our own random token, which publish also checks as a fence. Renewed by
     keep_alive every ttl/3 while held."""
 
-    def __init__(self, client: aioredis.Redis, key: str, ttl_ms: int = 10_000) -> None:
+    def __init__(self, client: aioredis.Redis, key: str,
+                 ttl_ms: int = setting_default("learner_lock_ttl_ms")) -> None:
         self.client = client
         self.key = key
         self.ttl_ms = int(ttl_ms)
@@ -159,47 +240,63 @@ class Learner:
     """Consumes the update queue and publishes refined flow versions; see module docstring."""
 
     def __init__(self, encoder: LatentEncoder, store: FlowStore, queue: UpdateQueue,
-                 settings: Any, consumer_name: str | None = None, *,
-                 lock: LearnerLock | None = None, lock_ttl_ms: int = 10_000,
+                 config: LearnerConfig, *,
+                 lock: LearnerLock | None = None,
                  executor: Executor | None = None,
                  encoder_lock: threading.Lock | None = None,
-                 pause_before_commit_s: float = 0.0) -> None:
+                 policy: PolicySync | None = None,
+                 load_policy: Callable[[PolicyRecord], LatentEncoder] | None = None,
+                 policy_epoch: int = 0) -> None:
         """In the serving process the encoder is shared with the scorer, and LatentEncoder is
         not safe to run from two threads at once: pass the scheduler's single model-thread
         `executor` (the training step then runs between scoring batches) or an `encoder_lock`
-        the scorer also holds. Without either, steps run in asyncio.to_thread."""
+        the scorer also holds. Without either, steps run in asyncio.to_thread.
+
+        `policy` + `load_policy` (the stand-alone learner): follow the policy recorded in
+        Redis, starting from `policy_epoch` (the epoch `encoder` was loaded for; 0 = the
+        configured policy). The serving process calls `use_encoder` itself instead."""
         self._encoder = encoder
         self.store = store
         self.queue = queue
-        self.settings = settings
-        self.consumer = consumer_name or default_consumer_name()
+        self.config = config
+        self.consumer = config.name or default_consumer_name()
         if lock is None:
-            lock = (RedisLock(store.redis, store.keys.lock, lock_ttl_ms)
+            lock = (RedisLock(store.redis, store.keys.lock, config.lock_ttl_ms)
                     if store.redis is not None else NullLock())
         self.lock = lock
         self.executor = executor
         self.encoder_lock = encoder_lock
-        self.pause_before_commit_s = pause_before_commit_s  # test hook: the crash window
-        self.batch_size = max(1, int(settings.learner_batch))
-        self.stats: dict[str, Any] = {
-            "steps": 0, "samples_trained": 0, "tokens_trained": 0, "last_loss": None,
-            "version": 0, "pending": 0, "rejected": 0, "last_update": None,
-            "consumer": self.consumer,
-        }
+        if policy is not None and load_policy is None:
+            raise ValueError("policy needs load_policy (how to load a recorded policy)")
+        self.policy = policy
+        self.load_policy = load_policy
+        self._policy_failed: tuple[int, str] | None = None  # (epoch, error) last failed load
+        self.batch_size = max(1, int(config.batch))
+        self.stats = LearnerStats(consumer=self.consumer, policy=encoder.identity.label(),
+                                  policy_epoch=int(policy_epoch))
         self._refiner: OnlineRefiner | None = None
         self._held: list[Entry] = []  # read but not yet committed (kept across a failed step)
         self._keepalive: asyncio.Task | None = None
 
     @property
     def encoder(self) -> LatentEncoder:
+        """The encoder the next step trains on (change it with `use_encoder`)."""
         return self._encoder
 
-    @encoder.setter
-    def encoder(self, encoder: LatentEncoder) -> None:
+    @property
+    def policy_epoch(self) -> int:
+        """The recorded policy epoch `encoder` was loaded for (0 = the configured policy)."""
+        return self.stats.policy_epoch
+
+    def use_encoder(self, encoder: LatentEncoder, policy_epoch: int | None = None) -> None:
         """A reloaded policy: the next step rebuilds the refiner (from the published version)
-        on the new encoder's latents."""
+        on the new encoder's latents; a step already running finishes on the old one.
+        `policy_epoch`: the recorded epoch of that policy (None: unchanged)."""
         self._encoder = encoder
         self._refiner = None
+        self.stats.policy = encoder.identity.label()
+        if policy_epoch is not None:
+            self.stats.policy_epoch = int(policy_epoch)
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -222,6 +319,10 @@ class Learner:
                 except LearnerConfigError as e:
                     log.error("learner stopped: %s", e)
                     raise
+                except PolicyUnavailable:
+                    # logged by _sync_policy (once per epoch and error); the batch stays held
+                    await _wait(stop, backoff)
+                    backoff = min(backoff * 2, 30.0)
                 except Exception:
                     log.exception("learner step failed; retrying in %.1fs", backoff)
                     await _wait(stop, backoff)
@@ -261,40 +362,81 @@ class Learner:
     async def _load(self) -> None:
         """(Re)build the refiner from the published version and its optimiser state, after
         removing unpublished leftovers (only while the lock is verifiably ours)."""
+        encoder = self.encoder  # a policy change while loading makes the next step load again
         version = await self.store.current()
         if await self.lock.still_held():
             await asyncio.to_thread(self.store.cleanup, version)
         try:
             net, meta = await asyncio.to_thread(
-                self.store.load, version, self.encoder.identity,
-                tuple(self.encoder.layer_fractions),
+                self.store.load, version, encoder.identity,
+                tuple(encoder.layer_fractions),
             )
         except (FlowMismatchError, FileNotFoundError) as e:
             raise LearnerConfigError(f"cannot load flow version {version}: {e}") from e
         state = await asyncio.to_thread(self.store.load_learner_state, version)
         meta.version = version
         # versions trained from here on are trained on this encoder's latents
-        meta.encoder = {**meta.encoder, **asdict(self.encoder.identity)}
-        s = self.settings
-        refiner = OnlineRefiner(self.encoder, net, meta, lr=s.learner_lr, min_lr=s.learner_min_lr,
-                                horizon=s.learner_horizon, timesteps=s.timesteps)
+        meta.encoder = {**meta.encoder, **asdict(encoder.identity)}
+        record_policy(meta, encoder.identity)
+        c = self.config
+        refiner = OnlineRefiner(encoder, net, meta, lr=c.lr, min_lr=c.min_lr,
+                                horizon=c.horizon, timesteps=c.timesteps)
         if state is not None:
             refiner.load_state_dict(state)
+        if self.encoder is not encoder:
+            return  # the policy changed meanwhile: the caller loads again for the new one
         self._refiner = refiner
         self._update_stats(meta)
-        log.info("learner loaded flow_version=%d steps=%d samples_trained=%d", version,
-                 refiner.steps, meta.samples_trained)
+        log.info("learner loaded flow_version=%d steps=%d samples_trained=%d policy=%s", version,
+                 refiner.steps, meta.samples_trained, encoder.identity.label())
+
+    async def _sync_policy(self) -> None:
+        """Follow the policy recorded in Redis: when its epoch is above ours, load it and make
+        it the encoder (the next step rebuilds the refiner on it). Raises PolicyUnavailable
+        when it does not load; then nothing is trained until it does."""
+        if self.policy is None:
+            return
+        if await self.policy.epoch() <= self.policy_epoch:
+            return
+        record = await self.policy.current()
+        if record is None or record.epoch <= self.policy_epoch:
+            return
+        assert self.load_policy is not None
+        try:
+            encoder = await asyncio.to_thread(self.load_policy, record)
+        except Exception as e:  # safetensors, tokenizers and torch raise their own types
+            err = PolicyUnavailable(record, f"{type(e).__name__}: {e}")
+            if self._policy_failed != (record.epoch, str(err)):
+                log.error("learner paused: %s", err)
+            self._policy_failed = (record.epoch, str(err))
+            self.stats.policy_error = str(err)
+            POLICY_IN_SYNC.set(0)
+            raise err from e
+        self.use_encoder(encoder, record.epoch)
+        self._policy_failed = None
+        self.stats.policy_error = None
+        POLICY_EPOCH.set(record.epoch)
+        POLICY_IN_SYNC.set(1)
+        log.info("learner policy reloaded policy=%s epoch=%d path=%s",
+                 encoder.identity.label(), record.epoch, record.path)
 
     # ---- one step -------------------------------------------------------------------------
 
     async def step_once(self) -> int:
         """Gather a batch, train, publish, commit. Returns the number of entries committed."""
+        await self._sync_policy()
         if self._refiner is None:
             await self._load()
         batch = await self._gather()
         await self._set_pending()
         if not batch:
             return 0
+        # the batch may have waited for samples while a new policy was recorded
+        await self._sync_policy()
+        if self._refiner is None:
+            await self._load()
+            if self._refiner is None:
+                return 0  # the policy changed again while loading; the batch stays held
         valid, rejected = self._split(batch)
         if not valid:
             await self.queue.commit([e.entry_id for e in batch])
@@ -306,10 +448,10 @@ class Learner:
         assert refiner is not None
         try:
             loss, meta = await self._in_model_thread(self._train_and_write, refiner, valid)
-            if self.pause_before_commit_s > 0:
+            if self.config.test_pause_s > 0:
                 log.info("test hook: pausing %.1fs before commit version=%d",
-                         self.pause_before_commit_s, meta.version)
-                await asyncio.sleep(self.pause_before_commit_s)
+                         self.config.test_pause_s, meta.version)
+                await asyncio.sleep(self.config.test_pause_s)
             await self.store.publish(meta.version, batch, [e.sample.sample_id for e in valid],
                                      fence=self.lock.token)
         except CommitConflict as e:
@@ -332,13 +474,13 @@ class Learner:
         LEARNER_LOSS.set(loss)
         LEARNER_STEPS.inc()
         SAMPLES_TRAINED.inc(len(valid))
-        self.stats["last_loss"] = loss
-        self.stats["rejected"] += len(rejected)
+        self.stats.last_loss = loss
+        self.stats.rejected += len(rejected)
         self._update_stats(meta)
-        self.stats["last_update"] = time.time()
+        self.stats.last_update = time.time()
         await self._set_pending()
         log.info("learner published flow_version=%d samples=%d loss=%.5f pending=%d",
-                 meta.version, len(valid), loss, self.stats["pending"])
+                 meta.version, len(valid), loss, self.stats.pending)
         if self.lock.held:  # just fenced by publish: old versions and orphans can go
             await asyncio.to_thread(self.store.cleanup, meta.version)
         return len(batch)
@@ -355,9 +497,9 @@ class Learner:
                     batch.append(e)
 
         if len(batch) < self.batch_size:
-            add(await self.queue.reclaim(self.consumer, self.settings.learner_reclaim_idle_ms,
+            add(await self.queue.reclaim(self.consumer, self.config.reclaim_idle_ms,
                                          self.batch_size - len(batch)))
-        deadline = time.monotonic() + self.settings.learner_block_ms / 1000
+        deadline = time.monotonic() + self.config.block_ms / 1000
         while len(batch) < self.batch_size:
             left_ms = int((deadline - time.monotonic()) * 1000)
             if left_ms <= 0:
@@ -387,14 +529,11 @@ class Learner:
         return valid, rejected
 
     def _problem(self, s: UpdateSample) -> str | None:
-        if not s.response_ids:
-            return "empty response"
-        ids = s.prompt_ids + s.response_ids
-        if min(ids) < 0 or max(ids) >= self.encoder.vocab_size:
-            return f"token id outside 0..{self.encoder.vocab_size - 1}"
-        limit = self.encoder.max_positions
-        if limit and len(ids) > int(limit):
-            return f"{len(ids)} tokens, more than the model's {limit}"
+        from flowfield.samples import SampleLimits, check_sample  # the one sample rule
+
+        problem = check_sample(s.prompt_ids, s.response_ids, SampleLimits.of(self.encoder))
+        if problem is not None:
+            return problem
         if not math.isfinite(s.weight) or s.weight < 0:
             return f"weight {s.weight} is not a finite non-negative number"
         return None
@@ -409,23 +548,24 @@ class Learner:
         with guard:
             loss = refiner.step(prompts, responses, weights)
         net, meta = refiner.export()
+        record_policy(meta, refiner.encoder.identity)  # the encoder this step trained on
         self.store.write(net, meta, refiner.state_dict())
         return loss, meta
 
     def _update_stats(self, meta: FlowMetadata) -> None:
         FLOW_VERSION.set(meta.version)  # a stand-alone learner reports the version it published
-        self.stats["version"] = meta.version
-        self.stats["samples_trained"] = meta.samples_trained
-        self.stats["tokens_trained"] = meta.tokens_trained
+        self.stats.version = meta.version
+        self.stats.samples_trained = meta.samples_trained
+        self.stats.tokens_trained = meta.tokens_trained
         if self._refiner is not None:
-            self.stats["steps"] = self._refiner.steps
+            self.stats.steps = self._refiner.steps
 
     async def _set_pending(self) -> None:
         try:
             n = await self.queue.pending()
         except (RedisError, ConnectionError):  # QueueUnavailable: keep the last value
             return
-        self.stats["pending"] = n
+        self.stats.pending = n
         PENDING_SAMPLES.set(n)
 
 

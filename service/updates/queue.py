@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import redis.asyncio as aioredis
@@ -29,8 +30,26 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from service.settings import Settings, setting_default
 from service.updates.keys import GROUP, RedisKeys, text
 from service.updates.types import EnqueueResult, Entry, UpdateSample
+
+UPDATE_ID_TTL_S: int = setting_default("update_id_ttl_s")
+
+
+@dataclass(frozen=True)
+class QueueConfig:
+    """What `make_queue` needs: Redis (url, key prefix) or in-process, and how long update_ids
+    are remembered. Defaults are the Settings defaults."""
+
+    redis_url: str | None = setting_default("redis_url")
+    prefix: str = setting_default("redis_prefix")
+    update_id_ttl_s: int = UPDATE_ID_TTL_S
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QueueConfig:
+        return cls(redis_url=settings.redis_url, prefix=settings.redis_prefix,
+                   update_id_ttl_s=settings.update_id_ttl_s)
 
 
 class QueueUnavailable(ConnectionError):
@@ -76,7 +95,7 @@ class InProcessQueue:
 
     backend = "memory"
 
-    def __init__(self, update_id_ttl_s: float = 7 * 24 * 3600) -> None:
+    def __init__(self, update_id_ttl_s: float = UPDATE_ID_TTL_S) -> None:
         self._ttl = float(update_id_ttl_s)
         self._ready: deque[Entry] = deque()
         # entry_id -> (entry, consumer, delivered_at monotonic); insertion order = id order
@@ -191,7 +210,7 @@ class RedisStreamQueue:
     backend = "redis"
 
     def __init__(self, client: aioredis.Redis, prefix: str,
-                 update_id_ttl_s: int = 7 * 24 * 3600) -> None:
+                 update_id_ttl_s: int = UPDATE_ID_TTL_S) -> None:
         self.client = client
         self.keys = RedisKeys(prefix)
         self._ttl = int(update_id_ttl_s)
@@ -200,7 +219,7 @@ class RedisStreamQueue:
 
     @classmethod
     def from_url(cls, url: str, prefix: str,
-                 update_id_ttl_s: int = 7 * 24 * 3600) -> RedisStreamQueue:
+                 update_id_ttl_s: int = UPDATE_ID_TTL_S) -> RedisStreamQueue:
         return cls(aioredis.Redis.from_url(url, decode_responses=True), prefix, update_id_ttl_s)
 
     async def ensure_group(self) -> None:
@@ -279,12 +298,14 @@ class RedisStreamQueue:
         await self.client.aclose()
 
 
-def make_queue(settings: Any, client: aioredis.Redis | None = None) -> UpdateQueue:
-    """RedisStreamQueue when settings.redis_url is set (or a client is given), else in-process."""
+def make_queue(config: QueueConfig | Settings,
+               client: aioredis.Redis | None = None) -> UpdateQueue:
+    """RedisStreamQueue when a Redis URL is configured (or a client is given), else
+    in-process. Takes the service Settings or a QueueConfig."""
+    if isinstance(config, Settings):
+        config = QueueConfig.from_settings(config)
     if client is not None:
-        return RedisStreamQueue(client, settings.redis_prefix, settings.update_id_ttl_s)
-    if settings.redis_url:
-        return RedisStreamQueue.from_url(
-            settings.redis_url, settings.redis_prefix, settings.update_id_ttl_s
-        )
-    return InProcessQueue(settings.update_id_ttl_s)
+        return RedisStreamQueue(client, config.prefix, config.update_id_ttl_s)
+    if config.redis_url:
+        return RedisStreamQueue.from_url(config.redis_url, config.prefix, config.update_id_ttl_s)
+    return InProcessQueue(config.update_id_ttl_s)

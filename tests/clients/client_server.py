@@ -5,12 +5,7 @@ flaky proxy in a thread that fails on cue (status codes, dropped connections) in
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -20,57 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from live_server import REPO, Server, free_port  # noqa: F401 - free_port: re-exported
 
-REPO = Path(__file__).resolve().parents[2]
 CLIENT_SRC = REPO / "clients" / "flowfield-client" / "src"  # the client package's source
+DEMO_POLICY = str(REPO / "flowfield" / "demo" / "assets" / "policy")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def wrong_answer(text: str) -> str:
+    """A demo-task solution with the answer's first digit off by one (the verifier rejects it)."""
+    head, _, ans = text.rpartition("A:")
+    return f"{head}A:{(int(ans[0]) + 1) % 10}{ans[1:]}"
 
 
-class FlowfieldServer:
-    """`python -m service.cli serve` on a free port (the pattern of tests/service/server.py)."""
+class FlowfieldServer(Server):
+    """`flowfield serve` on a free port: the tests' live server (tests/live_server.py), with
+    a longer wait for readiness and a few helpers of the client tests."""
 
     def __init__(self, tmp: Path, env: dict[str, str] | None = None, name: str = "ff") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"{name}-{self.port}.log"
-        full_env = {
-            **os.environ,
-            "FLOWFIELD_CHECKPOINT_DIR": str(tmp / f"checkpoints-{name}"),
-            "FLOWFIELD_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            **(env or {}),
-        }
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - open for the process's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            cwd=REPO,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        self.wait_ready()
-
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
+        super().__init__(tmp, env, name=name, ready_timeout=120.0)
 
     def flow(self) -> dict[str, Any]:
         return httpx.get(self.url + "/v1/flow", timeout=10).json()
@@ -102,17 +64,6 @@ class FlowfieldServer:
             if not cur["pending"] and time.time() - since >= stable_s:
                 return cur
         raise TimeoutError(f"service not quiet in {timeout}s: {last}")
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
-        return self.proc.returncode
 
 
 @dataclass

@@ -7,7 +7,7 @@ import importlib.util
 import sys
 
 import pytest
-from client_server import CLIENT_SRC, FlakyProxy, FlowfieldServer
+from client_server import CLIENT_SRC, DEMO_POLICY, FlakyProxy, FlowfieldServer
 
 if importlib.util.find_spec("flowfield_client") is None:  # not pip-installed: use the source
     sys.path.insert(0, str(CLIENT_SRC))
@@ -35,3 +35,11 @@ def proxy_factory(ff_server):
     yield make
     for p in made:
         p.close()
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """The demo policy's tokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(DEMO_POLICY)

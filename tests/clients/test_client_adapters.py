@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from client_server import DEMO_POLICY, REPO, wrong_answer
 from flowfield_client import FlowfieldClient, Sample
 from flowfield_client.adapters import openrlhf as orl
 from flowfield_client.adapters.openrlhf import FlowfieldOpenRLHFReward
@@ -21,27 +22,14 @@ from transformers import AutoTokenizer
 
 from flowfield.demo.task import Problem, expert_solution, parse_answer
 
-REPO = Path(__file__).resolve().parents[2]
-POLICY = str(REPO / "flowfield" / "demo" / "assets" / "policy")
-
 
 def problem(i: int) -> Problem:
     return Problem(3000 + 17 * i, 4000 + 29 * i)
 
 
-def wrong(text: str) -> str:
-    head, _, ans = text.rpartition("A:")
-    return f"{head}A:{(int(ans[0]) + 1) % 10}{ans[1:]}"
-
-
 def answer_of(prompt: str) -> int:
     a, b = prompt.strip()[2:].split("+")
     return int(a) + int(b)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(POLICY)
 
 
 # ---- OpenRLHF --------------------------------------------------------------------------------
@@ -64,7 +52,7 @@ def test_openrlhf_remote_url_shape(ff_server):
 def test_openrlhf_reward_func_adds_verifier_and_pushes_accepted(ff_server):
     ff_server.wait_quiet()
     ps = [problem(i) for i in range(4)]
-    resp = [expert_solution(p) if i % 2 == 0 else wrong(expert_solution(p))
+    resp = [expert_solution(p) if i % 2 == 0 else wrong_answer(expert_solution(p))
             for i, p in enumerate(ps)]
     queries = [p.prompt + r for p, r in zip(ps, resp)]
     prompts = [p.prompt for p in ps]
@@ -111,7 +99,8 @@ def test_openrlhf_module_reward_func_from_environment(ff_server, monkeypatch):
 def test_trl_reward_function_scores_and_pushes(ff_server, tok):
     ff_server.wait_quiet()
     ps = [problem(10 + i) for i in range(4)]
-    comps = [expert_solution(p) if i < 3 else wrong(expert_solution(p)) for i, p in enumerate(ps)]
+    comps = [expert_solution(p) if i < 3 else wrong_answer(expert_solution(p))
+             for i, p in enumerate(ps)]
     ids = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in comps]
 
     def accuracy(prompts, completions, **kw):
@@ -185,7 +174,7 @@ def test_trl_sends_the_trainers_prompt_ids_and_strips_eos(ff_server, proxy_facto
 
 
 def test_trl_conversational_prompts_use_the_chat_template(proxy_factory, tok):
-    chat_tok = AutoTokenizer.from_pretrained(POLICY)
+    chat_tok = AutoTokenizer.from_pretrained(DEMO_POLICY)
     chat_tok.chat_template = ("{% for m in messages %}{{ m['content'] }}{% endfor %}"
                               "{% if add_generation_prompt %}{{ '\n' }}{% endif %}")
     proxy = proxy_factory()
@@ -218,7 +207,7 @@ def test_openrlhf_example_file(ff_server, monkeypatch):
     mod = load_file("examples/trainers/openrlhf_reward_func.py")  # as OpenRLHF imports it
     ps = [problem(20), problem(21)]
     queries = [ps[0].prompt + expert_solution(ps[0]) + "<eos>",
-               ps[1].prompt + wrong(expert_solution(ps[1]))]
+               ps[1].prompt + wrong_answer(expert_solution(ps[1]))]
     out = mod.reward_func(queries, [p.prompt for p in ps], [str(p.answer) for p in ps])
     assert out["scores"].tolist() == [1.0, 0.0]
     assert [u.accepted for u in mod.reward_func.update_results] == [1]

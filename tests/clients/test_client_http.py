@@ -13,15 +13,21 @@ from flowfield_client import (
     AsyncFlowfieldClient,
     FlowfieldClient,
     FlowfieldConnectionError,
+    GraphGroup,
+    GraphResponse,
+    GraphStep,
+    GraphTrajectory,
     InvalidRequestError,
     RateLimitError,
     RetryPolicy,
     Sample,
 )
 from flowfield_client.client import _group_units, _pack
+from flowfield_client.models import graph_group_json
 from flowfield_client.retry import parse_retry_after
 
 from flowfield.demo.task import Problem, expert_solution
+from flowfield.graph import groups_from_request, score_groups
 
 FAST = RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05)
 
@@ -254,6 +260,108 @@ def test_async_client_has_the_same_methods(ff_server):
     assert h.ok and info.flow_version >= 0
     assert res[0].ok and res[1].status == "error" and "empty" in res[1].error
     assert res[1].id == "1"  # numbered by position when no id was given
+
+
+# ---- RewardFlow graph scoring ----------------------------------------------------------------
+
+
+def graph_groups():
+    """The docs/api.md example as typed models, and a second group given as plain dicts."""
+    typed = GraphGroup("task-3", [
+        GraphTrajectory("t-0", [GraphStep("kitchen", "go to fridge"),
+                                GraphStep("fridge open", "take apple")],
+                        final_state="done", final_reward=10.0, success=True),
+        GraphTrajectory("t-1", [GraphStep("kitchen", "wait"), GraphStep("kitchen", "wait")],
+                        final_state="kitchen", truncated=True),
+    ])
+    plain = {"group_id": "task-4", "trajectories": [
+        {"id": "a", "steps": [{"state": {"room": 1}}], "final_state": {"room": 2},
+         "final_reward": 1.0, "success": True},
+        {"id": "b", "steps": [{"state": {"room": 1}}], "final_state": {"room": 3}},
+    ]}
+    return [typed, plain]
+
+
+def check_graph(res: GraphResponse, gamma: float) -> None:
+    assert isinstance(res, GraphResponse) and res.gamma == pytest.approx(gamma)
+    assert [g.group_id for g in res] == ["task-3", "task-4"]
+    g3, g4 = res
+    assert (g3.num_nodes, g3.num_edges) == (3, 2)  # kitchen, fridge open, done; no self-loop
+    t0, t1 = g3
+    assert [t.id for t in g3] == ["t-0", "t-1"] and len(t0.steps) == len(t1.steps) == 2
+    assert t0.success and not t1.success
+    assert (t0.episode_return, t1.episode_return) == (10.0, 0.0)
+    assert (t0.episode_advantage, t1.episode_advantage) == (5.0, -5.0)
+    # values propagate back from the reward: V(done) = 10, one step before gamma * 10, ...
+    assert t0.final_value == pytest.approx(10.0)
+    assert t0.values == pytest.approx([gamma ** 2 * 10.0, gamma * 10.0])
+    for t in (t0, t1):
+        for s in t.steps:
+            assert s.advantage == pytest.approx(t.episode_advantage + s.step_advantage)
+    assert t0.advantages == [s.advantage for s in t0.steps]
+    # the wire shape round-trips
+    assert GraphResponse.from_json(res.to_json()) == res
+    assert [t.id for t in g4] == ["a", "b"] and g4.num_nodes == 3
+    # every number is the graph library's own for the same request
+    body = {"groups": [graph_group_json(g) for g in graph_groups()]}
+    for got, want in zip(res, score_groups(groups_from_request(body), gamma), strict=True):
+        assert (got.group_id, got.num_nodes, got.num_edges) == (
+            want.group_id, want.num_nodes, want.num_edges)
+        for t, w in zip(got, want.trajectories, strict=True):
+            assert (t.id, t.episode_return, t.episode_advantage, t.final_value, t.success) == (
+                w.id, w.episode_return, w.episode_advantage, w.final_value, w.success)
+            assert [(s.value, s.step_reward, s.advantage, s.step_advantage) for s in t.steps] == [
+                (s.value, s.step_reward, s.advantage, s.step_advantage) for s in w.steps]
+
+
+def test_score_graph_round_trip(ff_server):
+    with FlowfieldClient(ff_server.url, retry=FAST) as ff:
+        res = ff.score_graph(graph_groups(), gamma=0.5, step_weight=1.0)
+        default = ff.score_graph(graph_groups())  # options omitted: the service's defaults
+        assert ff.stats.by_path["/v1/score/graph"] == 2 and ff.stats.retries == 0
+    check_graph(res, 0.5)
+    check_graph(default, 0.9)
+
+
+def test_score_graph_round_trip_async(ff_server):
+    async def go():
+        async with AsyncFlowfieldClient(ff_server.url, retry=FAST) as ff:
+            res = await ff.score_graph(graph_groups(), gamma=0.5, undirected=False)
+            return res, ff.stats.by_path["/v1/score/graph"]
+
+    res, calls = asyncio.run(go())
+    check_graph(res, 0.5)
+    assert calls == 1
+
+
+def test_score_graph_422_is_the_clients_error_with_the_servers_message(proxy_factory):
+    proxy = proxy_factory()
+    bad = [GraphGroup("g", [GraphTrajectory("t", [GraphStep("s")], "end",
+                                            success=True, truncated=True)])]
+    with FlowfieldClient(proxy.url, retry=FAST) as ff:
+        with pytest.raises(InvalidRequestError) as ei:
+            ff.score_graph(bad)
+        e = ei.value
+        assert e.status == 422 and e.code == "invalid_trajectory"
+        assert e.message == "a trajectory cannot be both success and truncated"
+        assert e.field == "groups[0].trajectories[0]" and e.sample_id == "t"
+        assert e.message in str(e)
+        with pytest.raises(InvalidRequestError) as ei:  # a schema error, also not retried
+            ff.score_graph(bad, gamma=1.5)
+        assert ei.value.code == "invalid_request" and ei.value.field == "gamma"
+        assert ff.stats.retries == 0
+    assert len(proxy.requests("/v1/score/graph")) == 2
+
+    async def go():
+        async with AsyncFlowfieldClient(proxy.url, retry=FAST) as aff:
+            with pytest.raises(InvalidRequestError) as ei:
+                await aff.score_graph(bad, step_weight=1e7)
+            return ei.value
+
+    e = asyncio.run(go())
+    assert (e.status, e.code, e.field) == (422, "invalid_option", "step_weight")
+    assert "|step_weight| must be at most" in e.message
+    assert len(proxy.requests("/v1/score/graph")) == 3
 
 
 # ---- pieces ----------------------------------------------------------------------------------

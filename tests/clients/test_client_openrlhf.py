@@ -24,10 +24,9 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-from client_server import REPO, free_port
+from client_server import REPO, free_port, wrong_answer
 from flowfield_client import FlowfieldClient, Sample
 from flowfield_client.adapters.openrlhf import FlowfieldOpenRLHFReward
-from transformers import AutoTokenizer
 
 from flowfield.demo.task import Problem, expert_solution, parse_answer
 
@@ -36,23 +35,12 @@ if not os.environ.get("CI"):
 
 from openrlhf.utils.agent import SingleTurnAgentExecutor  # noqa: E402
 
-POLICY = str(REPO / "flowfield" / "demo" / "assets" / "policy")
 EXAMPLE = str(REPO / "examples" / "trainers" / "openrlhf_reward_func.py")
 KEY = "s3cr3t-score-key-in-the-url"
 
 
 def problem(i: int) -> Problem:
     return Problem(6000 + 41 * i, 1000 + 67 * i)
-
-
-def wrong(text: str) -> str:
-    head, _, ans = text.rpartition("A:")
-    return f"{head}A:{(int(ans[0]) + 1) % 10}{ans[1:]}"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(POLICY)
 
 
 class ReplayEngine:
@@ -77,7 +65,7 @@ class ReplayEngine:
 
 def rollouts(executor, tok, problems, labels, n: int) -> list[dict]:
     """OpenRLHF's generate_responses for every prompt at once: n executions per prompt."""
-    completions = {p.prompt: [expert_solution(p) if k % 2 == 0 else wrong(expert_solution(p))
+    completions = {p.prompt: [expert_solution(p) if k % 2 == 0 else wrong_answer(expert_solution(p))
                               for k in range(n)] for p in problems}
     engine = ReplayEngine(tok, completions)
     params = SimpleNamespace(max_tokens=64, logprobs=None)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from client_server import DEMO_POLICY, REPO, wrong_answer
 from flowfield_client import FlowfieldClient, Sample
-from transformers import AutoTokenizer
 
 from flowfield.demo.task import Problem, expert_solution
 
@@ -33,23 +33,11 @@ from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: 
 from verl.trainer.config import AlgoConfig  # noqa: E402
 from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
-POLICY = str(REPO / "flowfield" / "demo" / "assets" / "policy")
 VERIFIER = str(REPO / "examples" / "trainers" / "verl_flowfield_reward.py")
 
 
 def problem(i: int) -> Problem:
     return Problem(5000 + 37 * i, 2000 + 53 * i)
-
-
-def wrong(text: str) -> str:
-    head, _, ans = text.rpartition("A:")
-    return f"{head}A:{(int(ans[0]) + 1) % 10}{ans[1:]}"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(POLICY)
 
 
 def verl_config(url: str, **reward_kwargs):
@@ -59,7 +47,7 @@ def verl_config(url: str, **reward_kwargs):
 
     cfg = OmegaConf.load(Path(verl.__file__).parent / "trainer/config/_generated_ppo_trainer.yaml")
     with open_dict(cfg):
-        cfg.actor_rollout_ref.model.path = POLICY
+        cfg.actor_rollout_ref.model.path = DEMO_POLICY
         cfg.reward.reward_manager.source = "importlib"
         cfg.reward.reward_manager.name = "FlowfieldRewardManager"
         cfg.reward.reward_manager.module.path = "pkg://flowfield_client.adapters.verl"
@@ -76,7 +64,7 @@ def rollouts(tok, n_groups: int = 2, n: int = 4):
     for g in range(n_groups):
         p = problem(g)
         for k in range(n):
-            text = expert_solution(p) if k % 2 == 0 else wrong(expert_solution(p))
+            text = expert_solution(p) if k % 2 == 0 else wrong_answer(expert_solution(p))
             out.append((tok(p.prompt, add_special_tokens=False)["input_ids"],
                         tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id],
                         p.answer, f"q{g}"))

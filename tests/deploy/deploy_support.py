@@ -8,16 +8,15 @@ import os
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
+import live_server
 import yaml
+from live_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -25,17 +24,11 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "flowfield.json"
 K8S = DEPLOY / "k8s"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------- processes
 
 
-class Server:
-    """`flowfield serve` in a subprocess (the pattern of tests/service/server.py)."""
+class Server(live_server.Server):
+    """`flowfield serve` in a subprocess: the tests' live server (tests/live_server.py)."""
 
     def __init__(
         self,
@@ -44,61 +37,7 @@ class Server:
         name: str = "server",
         port: int | None = None,
     ) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"{name}-{self.port}.log"
-        full_env = {
-            **os.environ,
-            "FLOWFIELD_CHECKPOINT_DIR": str(tmp / f"checkpoints-{name}"),
-            "FLOWFIELD_THREADS": "1",
-            "TOKENIZERS_PARALLELISM": "false",
-            **(env or {}),
-        }
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - open for the process's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
-            cwd=REPO,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"server not ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def client(self, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=60, **kw)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+        super().__init__(tmp, env, name=name, port=port)
 
 
 def find_prometheus() -> str | None:

@@ -9,7 +9,7 @@ import json
 import typer
 from typer.testing import CliRunner
 
-from service.bench import SECTION, BenchConfig, markdown_section, replace_section, run_bench
+from flowfield.bench import SECTION, BenchConfig, markdown_section, replace_section, run_bench
 
 TINY = dict(
     groups=1,
@@ -63,7 +63,7 @@ def test_markdown_section_is_replaced_and_other_sections_kept(tmp_path):
 
 
 def test_bench_command_cli_without_http_writes_json_and_markdown(tmp_path):
-    from service.bench import bench_command
+    from flowfield.bench.cli import bench_command
 
     app = typer.Typer()
     app.command()(bench_command)

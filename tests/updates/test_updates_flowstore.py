@@ -4,6 +4,7 @@ exactly-once publish script."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from updates_support import (
 
 from flowfield.checkpoint import read_metadata
 from flowfield.flownet import FlowNet
-from service.updates.flowstore import LEARNER_STATE, CommitConflict, FlowStore
+from service.updates.flowstore import LEARNER_STATE, CommitConflict, FlowStore, FlowStoreConfig
 from service.updates.queue import RedisStreamQueue
 
 needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
@@ -47,7 +48,9 @@ def make_store(request, assets, tmp_path, prefix):
         client = None
         if request.param == "redis":
             client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-        return FlowStore(tmp_path / "ckpt", assets.flow_dir, client, prefix, 60, **kwargs)
+        config = FlowStoreConfig(tmp_path / "ckpt", assets.flow_dir, prefix=prefix,
+                                 record_ttl_s=60, **kwargs)
+        return FlowStore(config, client)
 
     return build
 
@@ -174,8 +177,9 @@ def test_redis_watch_across_clients_and_polls_without_message(assets, tmp_path, 
         def client():
             return aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
 
-        learner = FlowStore(tmp_path, assets.flow_dir, client(), prefix, 60)
-        scorer = FlowStore(tmp_path, assets.flow_dir, client(), prefix, 60, poll_s=0.2)
+        config = FlowStoreConfig(tmp_path, assets.flow_dir, prefix=prefix, record_ttl_s=60)
+        learner = FlowStore(config, client())
+        scorer = FlowStore(replace(config, poll_s=0.2), client())
         seen: list[int] = []
 
         async def follow() -> None:
@@ -208,7 +212,8 @@ def test_redis_publish_is_atomic_and_exactly_once(assets, tmp_path, prefix):
 
     async def main() -> None:
         client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
-        store = FlowStore(tmp_path, assets.flow_dir, client, prefix, 60)
+        store = FlowStore(FlowStoreConfig(tmp_path, assets.flow_dir, prefix=prefix,
+                                          record_ttl_s=60), client)
         queue = RedisStreamQueue(client, prefix, 60)
         keys = store.keys
         try:

@@ -5,6 +5,7 @@ samples, and with Redis lets only one of two learners train."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,6 +16,7 @@ from updates_support import (
     FRACTIONS,
     REDIS_URL,
     delete_prefix,
+    learner_config,
     make_samples,
     make_settings,
     make_tiny_assets,
@@ -25,8 +27,9 @@ from updates_support import (
 from flowfield.checkpoint import read_metadata
 from flowfield.encoder import LatentEncoder
 from service.metrics import LEARNER_STEPS, SAMPLES_TRAINED
-from service.updates.flowstore import FlowStore
-from service.updates.learner import Learner
+from service.settings import Settings
+from service.updates.flowstore import FlowStore, FlowStoreConfig
+from service.updates.learner import Learner, LearnerConfig
 from service.updates.queue import make_queue
 from service.updates.types import UpdateSample
 
@@ -83,16 +86,16 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
         try:
             await queue.enqueue("u1", make_samples(12))
             await queue.enqueue("u2", make_samples(8, start=12))
-            learner = Learner(encoder, store, queue, settings, "learner-1")
+            learner = Learner(encoder, store, queue, learner_config(settings, "learner-1"))
             await drain([learner], queue)
 
             version = await store.current()
             assert version >= 3  # 20 samples in batches of at most 8
-            assert learner.stats["version"] == version
-            assert learner.stats["samples_trained"] == 20
-            assert learner.stats["steps"] == version
-            assert learner.stats["pending"] == 0
-            assert isinstance(learner.stats["last_loss"], float)
+            assert learner.stats.version == version
+            assert learner.stats.samples_trained == 20
+            assert learner.stats.steps == version
+            assert learner.stats.pending == 0
+            assert isinstance(learner.stats.last_loss, float)
             assert LEARNER_STEPS._value.get() - steps_before == version
             assert SAMPLES_TRAINED._value.get() - trained_before == 20
 
@@ -111,14 +114,15 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
             # (in the serving process the step runs on the scorer's single model thread)
             await queue.enqueue("u3", make_samples(5, start=20))
             model_thread = ThreadPoolExecutor(max_workers=1)
-            again = Learner(encoder, store, queue, settings, "learner-2", executor=model_thread)
+            again = Learner(encoder, store, queue, learner_config(settings, "learner-2"),
+                            executor=model_thread)
             await drain([again], queue)
             assert await store.current() == version + 1
-            assert again.stats["steps"] == version + 1
+            assert again.stats.steps == version + 1
             assert read_metadata(store.path(version + 1)).samples_trained == 25
 
             # a reloaded policy: the next step rebuilds the refiner on the new encoder
-            again.encoder = LatentEncoder(encoder.path, FRACTIONS, revision="step-2")
+            again.use_encoder(LatentEncoder(encoder.path, FRACTIONS, revision="step-2"))
             assert again._refiner is None
             await queue.enqueue("u4", make_samples(2, start=25))
             await drain([again], queue)
@@ -145,11 +149,11 @@ def test_untrainable_samples_are_dropped_not_retried(settings, encoder):
                 UpdateSample("bad-weight", [1], [3], 1.0, weight=float("nan")),
             ]
             await queue.enqueue("u1", bad[:1] + good + bad[1:])
-            learner = Learner(encoder, store, queue, settings, "learner-1")
+            learner = Learner(encoder, store, queue, learner_config(settings, "learner-1"))
             await drain([learner], queue)
             assert await store.current() == 1
             assert read_metadata(store.path(1)).samples_trained == 3
-            assert learner.stats["rejected"] == 3
+            assert learner.stats.rejected == 3
             if settings.redis_url:
                 trained = await store.redis.hgetall(store.keys.trained)
                 assert set(trained) == {"s-0", "s-1", "s-2"}
@@ -172,12 +176,12 @@ def test_only_one_redis_learner_trains(assets, encoder, tmp_path, prefix):
     async def main() -> None:
         queue = make_queue(settings)
         store = FlowStore.from_settings(settings)
-        a = Learner(encoder, store, queue, settings, "a", lock_ttl_ms=1000)
-        b = Learner(encoder, store, queue, settings, "b", lock_ttl_ms=1000)
+        a = Learner(encoder, store, queue, learner_config(settings, "a", lock_ttl_ms=1000))
+        b = Learner(encoder, store, queue, learner_config(settings, "b", lock_ttl_ms=1000))
         try:
             await queue.enqueue("u1", make_samples(16))
             await drain([a, b], queue)
-            steps = sorted([a.stats["steps"], b.stats["steps"]])
+            steps = sorted([a.stats.steps, b.stats.steps])
             assert steps[0] == 0 and steps[1] == await store.current() == 4
             trained = await store.redis.hgetall(store.keys.trained)
             assert trained == {f"s-{i}": "1" for i in range(16)}
@@ -185,7 +189,7 @@ def test_only_one_redis_learner_trains(assets, encoder, tmp_path, prefix):
 
             # the lock is free again: the other learner takes over from the current version
             await queue.enqueue("u2", make_samples(4, start=16))
-            await drain([a if steps[0] == a.stats["steps"] else b], queue)
+            await drain([a if steps[0] == a.stats.steps else b], queue)
             assert await store.current() == 5
             assert read_metadata(store.path(5)).samples_trained == 20
         finally:
@@ -204,7 +208,7 @@ def test_lost_lock_cannot_publish(assets, encoder, tmp_path, prefix):
     async def main() -> None:
         queue = make_queue(settings)
         store = FlowStore.from_settings(settings)
-        learner = Learner(encoder, store, queue, settings, "a", lock_ttl_ms=60_000)
+        learner = Learner(encoder, store, queue, learner_config(settings, "a", lock_ttl_ms=60_000))
         try:
             await queue.enqueue("u1", make_samples(4))
             assert await learner.lock.try_acquire()
@@ -232,7 +236,7 @@ def test_directory_in_the_way_is_cleaned_and_batch_retrained(settings, encoder):
         queue = make_queue(settings)
         store = FlowStore.from_settings(settings)
         try:
-            learner = Learner(encoder, store, queue, settings, "learner-1")
+            learner = Learner(encoder, store, queue, learner_config(settings, "learner-1"))
             assert await learner.step_once() == 0  # loads version 0, queue empty
             net, meta = store.load(0)
             meta.version = 1
@@ -252,3 +256,16 @@ def test_directory_in_the_way_is_cleaned_and_batch_retrained(settings, encoder):
             await store.close()
 
     asyncio.run(main())
+
+
+def test_learner_config_comes_from_settings(monkeypatch):
+    """Defaults are the Settings defaults (written once); the test pause hook is a setting."""
+    for var in [v for v in os.environ if v.startswith("FLOWFIELD_")]:
+        monkeypatch.delenv(var)
+    assert LearnerConfig() == LearnerConfig.from_settings(Settings())
+    assert FlowStoreConfig() == FlowStoreConfig.from_settings(Settings())
+    assert LearnerConfig().test_pause_s == 0
+    monkeypatch.setenv("FLOWFIELD_LEARNER_TEST_PAUSE_S", "3")
+    monkeypatch.setenv("FLOWFIELD_LEARNER_BATCH", "7")
+    config = LearnerConfig.from_settings(Settings(), name="x")
+    assert (config.test_pause_s, config.batch, config.name) == (3.0, 7, "x")

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from updates_support import REDIS_URL, delete_prefix, make_samples, new_prefix, redis_available
 
+from service.settings import Settings
 from service.updates.keys import GROUP, RedisKeys
 from service.updates.queue import (
     InProcessQueue,
+    QueueConfig,
     QueueUnavailable,
     RedisStreamQueue,
     UpdateQueue,
@@ -189,11 +190,15 @@ def test_redis_group_recreated_if_stream_vanishes(prefix):
 
 
 def test_make_queue_picks_backend():
-    memory = make_queue(SimpleNamespace(redis_url=None, redis_prefix="x", update_id_ttl_s=5))
+    memory = make_queue(QueueConfig(redis_url=None, prefix="x", update_id_ttl_s=5))
     assert isinstance(memory, InProcessQueue)
+    # the service Settings work too (their update_id_ttl_s, redis_url, redis_prefix)
+    assert isinstance(make_queue(Settings(redis_url=None, update_id_ttl_s=5)), InProcessQueue)
+    assert QueueConfig.from_settings(Settings(redis_url=REDIS_URL, redis_prefix="y",
+                                              update_id_ttl_s=7)) == QueueConfig(REDIS_URL, "y", 7)
 
     async def main() -> None:
-        q = make_queue(SimpleNamespace(redis_url=REDIS_URL, redis_prefix="x", update_id_ttl_s=5))
+        q = make_queue(QueueConfig(redis_url=REDIS_URL, prefix="x", update_id_ttl_s=5))
         assert isinstance(q, RedisStreamQueue) and q.backend == "redis"
         await q.close()
 

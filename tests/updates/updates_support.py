@@ -14,6 +14,7 @@ from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 from service.settings import Settings
+from service.updates.learner import LearnerConfig
 from service.updates.types import UpdateSample
 
 REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -68,6 +69,11 @@ def make_settings(assets: TinyAssets, checkpoint_dir: Path, redis_url: str | Non
     )
     values.update(overrides)
     return Settings(**values)
+
+
+def learner_config(settings: Settings, name: str, **overrides) -> LearnerConfig:
+    """The learner's config from `settings`, with this consumer name (and overrides)."""
+    return LearnerConfig.from_settings(settings, name=name, **overrides)
 
 
 def make_samples(n: int, start: int = 0, tag: str = "s") -> list[UpdateSample]:

@@ -4,6 +4,7 @@
     with FlowfieldClient("http://127.0.0.1:8000") as ff:
         res = ff.score([Sample(prompt="Q:1234+5678\\n", response="4+8+0=12,...")])
         print(res[0].token_rewards, res[0].flow_return, res.flow_version)
+        graph = ff.score_graph([GraphGroup("task-3", [GraphTrajectory("t-0", [...], "done")])])
 
 Adapters (each imports its framework lazily, so importing this package never pulls torch):
 `flowfield_client.adapters.trl` (GRPOTrainer reward function, trl 1.16), `...adapters.openrlhf`
@@ -35,6 +36,13 @@ from flowfield_client.errors import (
 from flowfield_client.models import (
     EndpointHealth,
     FlowInfo,
+    GraphGroup,
+    GraphGroupResult,
+    GraphResponse,
+    GraphStep,
+    GraphStepResult,
+    GraphTrajectory,
+    GraphTrajectoryResult,
     Health,
     PolicyResult,
     Sample,
@@ -59,6 +67,13 @@ __all__ = [
     "FlowfieldConnectionError",
     "FlowfieldError",
     "FlowfieldTimeoutError",
+    "GraphGroup",
+    "GraphGroupResult",
+    "GraphResponse",
+    "GraphStep",
+    "GraphStepResult",
+    "GraphTrajectory",
+    "GraphTrajectoryResult",
     "Health",
     "InternalServerError",
     "InvalidRequestError",

@@ -5,6 +5,7 @@ httpx.
         res = ff.score([Sample(prompt="Q:1234+5678\\n", response="4+8+0=12,...", reward=1.0)])
         ff.update([...])                 # verifier-accepted rollouts; update_id generated
         ff.flow_info().flow_version
+        ff.score_graph([GraphGroup("task-3", [...])])   # RewardFlow state-graph advantages
 
 What the client does for you:
 - timeouts (`timeout`, default 60 s per request, 5 s to connect);
@@ -46,12 +47,15 @@ from flowfield_client.errors import (
 from flowfield_client.models import (
     EndpointHealth,
     FlowInfo,
+    GraphGroupLike,
+    GraphResponse,
     Health,
     PolicyResult,
     SampleLike,
     ScoreResponse,
     ScoreResult,
     UpdateResult,
+    graph_group_json,
     sample_json,
 )
 from flowfield_client.retry import RETRYABLE_EXCEPTIONS, RetryEvent, RetryPolicy, parse_retry_after
@@ -62,6 +66,7 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 DEFAULT_CHUNK_SIZE = 256  # samples per request (the service's default limit is 1024)
 DEFAULT_MAX_CONCURRENCY = 4  # chunks in flight at once, per call
+GRAPH_PATH = "/v1/score/graph"
 
 TimeoutLike = float | httpx.Timeout | None
 
@@ -233,6 +238,36 @@ class _ClientBase:
         )
 
     @staticmethod
+    def _graph_body(
+        groups: Iterable[GraphGroupLike],
+        gamma: float | None,
+        step_weight: float | None,
+        undirected: bool | None,
+    ) -> dict[str, Any]:
+        """The /v1/score/graph body; options left as None take the service's defaults."""
+        body: dict[str, Any] = {}
+        if gamma is not None:
+            body["gamma"] = gamma
+        if step_weight is not None:
+            body["step_weight"] = step_weight
+        if undirected is not None:
+            body["undirected"] = undirected
+        body["groups"] = [graph_group_json(g) for g in groups]
+        return body
+
+    @staticmethod
+    def _graph_response(body: dict[str, Any], answer: Any) -> GraphResponse:
+        res = GraphResponse.from_json(answer)
+        sent = [g.get("group_id") for g in body["groups"]]
+        got = [g.group_id for g in res.groups]
+        if got != sent:
+            raise FlowfieldError(
+                f"the service returned groups {got[:5]!r} for {sent[:5]!r} "
+                f"({len(got)} for {len(sent)})"
+            )
+        return res
+
+    @staticmethod
     def _merge_update(update_id: str, parts: list[UpdateResult]) -> UpdateResult:
         if len(parts) == 1:
             return parts[0]
@@ -350,6 +385,27 @@ class FlowfieldClient(_ClientBase):
             raise
         parts = [UpdateResult.from_json(a.json(), attempts=n) for a, n in answers]
         return self._merge_update(update_id, parts)
+
+    def score_graph(
+        self,
+        groups: Iterable[GraphGroupLike],
+        *,
+        gamma: float | None = None,
+        step_weight: float | None = None,
+        undirected: bool | None = None,
+    ) -> GraphResponse:
+        """RewardFlow: state values, step rewards and advantages of agent trajectories, from
+        the state graph of each group (POST /v1/score/graph; no model, no flow version).
+
+        `groups` are `GraphGroup`s or mappings with the API's fields (docs/api.md). `gamma`
+        (value decay per step, [0, 1)), `step_weight` (weight of the step advantage) and
+        `undirected` left as None take the service's defaults (0.9, 1.0, false). Sent as one
+        request (groups are not chunked: the service's limit is 4096 groups per request);
+        an invalid request raises `InvalidRequestError` with the service's message and field.
+        """
+        body = self._graph_body(groups, gamma, step_weight, undirected)
+        resp, _ = self._request("POST", GRAPH_PATH, body)
+        return self._graph_response(body, resp.json())
 
     def flow_info(self) -> FlowInfo:
         """The flow version the service scores with, its metadata, samples trained, pending."""
@@ -505,6 +561,19 @@ class AsyncFlowfieldClient(_ClientBase):
             raise
         parts = [UpdateResult.from_json(a.json(), attempts=n) for a, n in answers]
         return self._merge_update(update_id, parts)
+
+    async def score_graph(
+        self,
+        groups: Iterable[GraphGroupLike],
+        *,
+        gamma: float | None = None,
+        step_weight: float | None = None,
+        undirected: bool | None = None,
+    ) -> GraphResponse:
+        """See `FlowfieldClient.score_graph`."""
+        body = self._graph_body(groups, gamma, step_weight, undirected)
+        resp, _ = await self._request("POST", GRAPH_PATH, body)
+        return self._graph_response(body, resp.json())
 
     async def flow_info(self) -> FlowInfo:
         """See `FlowfieldClient.flow_info`."""

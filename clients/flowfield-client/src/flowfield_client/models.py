@@ -6,8 +6,8 @@ working with this client.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 _SAMPLE_KEYS = ("id", "group_id", "prompt_ids", "response_ids", "prompt", "response", "reward")
@@ -181,6 +181,206 @@ class PolicyResult:
             encoder=str(d["encoder"]),
             flow_version=int(d["flow_version"]),
             layers=[int(x) for x in d.get("layers", [])],
+        )
+
+
+# ---- RewardFlow graph scoring (POST /v1/score/graph) ----------------------------------------
+
+
+@dataclass
+class GraphStep:
+    """One step of an agent trajectory: the `state` it starts from (any JSON value; equal
+    values are the same state), the `action` taken (reporting only) and the environment
+    `reward` for entering `state`."""
+
+    state: Any
+    action: Any = None
+    reward: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"state": self.state, "reward": self.reward}
+        if self.action is not None:
+            out["action"] = self.action
+        return out
+
+
+GraphStepLike = GraphStep | Mapping[str, Any]
+
+
+@dataclass
+class GraphTrajectory:
+    """One rollout of a group: its `steps` in order, the state after the last action
+    (`final_state`) and the reward for entering it. `truncated` (cut by a step limit, so
+    `final_state` is not terminal) cannot be combined with `success`."""
+
+    id: str
+    steps: Sequence[GraphStepLike]
+    final_state: Any
+    final_reward: float = 0.0
+    success: bool = False
+    truncated: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "steps": [graph_step_json(s) for s in self.steps],
+            "final_state": self.final_state,
+            "final_reward": self.final_reward,
+            "success": self.success,
+            "truncated": self.truncated,
+        }
+
+
+GraphTrajectoryLike = GraphTrajectory | Mapping[str, Any]
+
+
+@dataclass
+class GraphGroup:
+    """The trajectories of one task or prompt (1-1024); `group_id` is unique per request."""
+
+    group_id: str
+    trajectories: Sequence[GraphTrajectoryLike]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "group_id": self.group_id,
+            "trajectories": [graph_trajectory_json(t) for t in self.trajectories],
+        }
+
+
+GraphGroupLike = GraphGroup | Mapping[str, Any]
+
+
+def _graph_json(obj: Any, cls: type, what: str) -> dict[str, Any]:
+    # a mapping is sent as given (copied): a None there may be a state, so it is kept
+    if isinstance(obj, cls):
+        return obj.to_json()  # type: ignore[no-any-return]
+    if isinstance(obj, Mapping):
+        return {str(k): v for k, v in obj.items()}
+    raise TypeError(f"a {what} must be a {cls.__name__} or a mapping, not {type(obj).__name__}")
+
+
+def graph_step_json(step: GraphStepLike) -> dict[str, Any]:
+    """The JSON object of a step given as a `GraphStep` or a mapping."""
+    return _graph_json(step, GraphStep, "graph step")
+
+
+def graph_trajectory_json(traj: GraphTrajectoryLike) -> dict[str, Any]:
+    """The JSON object of a trajectory given as a `GraphTrajectory` or a mapping."""
+    return _graph_json(traj, GraphTrajectory, "graph trajectory")
+
+
+def graph_group_json(group: GraphGroupLike) -> dict[str, Any]:
+    """The JSON object of a group given as a `GraphGroup` or a mapping."""
+    return _graph_json(group, GraphGroup, "graph group")
+
+
+@dataclass
+class GraphStepResult:
+    """One step's numbers: `value` V(s_t), `step_reward` V(s_{t+1}) - V(s_t), its
+    `step_advantage` (minus the mean over the group's steps leaving the same state) and
+    `advantage` = episode_advantage + step_weight * step_advantage."""
+
+    value: float
+    step_reward: float
+    advantage: float
+    step_advantage: float
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GraphStepResult:
+        return cls(
+            value=float(d["value"]),
+            step_reward=float(d["step_reward"]),
+            advantage=float(d["advantage"]),
+            step_advantage=float(d["step_advantage"]),
+        )
+
+
+@dataclass
+class GraphTrajectoryResult:
+    """One trajectory's results, its `steps` aligned to the steps sent."""
+
+    id: str
+    steps: list[GraphStepResult]
+    episode_return: float
+    episode_advantage: float
+    final_value: float
+    success: bool
+
+    @property
+    def advantages(self) -> list[float]:
+        return [s.advantage for s in self.steps]
+
+    @property
+    def values(self) -> list[float]:
+        return [s.value for s in self.steps]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GraphTrajectoryResult:
+        return cls(
+            id=str(d["id"]),
+            steps=[GraphStepResult.from_json(s) for s in d.get("steps", [])],
+            episode_return=float(d["episode_return"]),
+            episode_advantage=float(d["episode_advantage"]),
+            final_value=float(d["final_value"]),
+            success=bool(d.get("success", False)),
+        )
+
+
+@dataclass
+class GraphGroupResult:
+    """One group's graph (`num_nodes` distinct states, `num_edges` observed transitions) and
+    its trajectories, in the order sent."""
+
+    group_id: str
+    num_nodes: int
+    num_edges: int
+    trajectories: list[GraphTrajectoryResult]
+
+    def __len__(self) -> int:
+        return len(self.trajectories)
+
+    def __iter__(self) -> Iterator[GraphTrajectoryResult]:
+        return iter(self.trajectories)
+
+    def __getitem__(self, i: int) -> GraphTrajectoryResult:
+        return self.trajectories[i]
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GraphGroupResult:
+        return cls(
+            group_id=str(d["group_id"]),
+            num_nodes=int(d["num_nodes"]),
+            num_edges=int(d["num_edges"]),
+            trajectories=[GraphTrajectoryResult.from_json(t) for t in d.get("trajectories", [])],
+        )
+
+
+@dataclass
+class GraphResponse:
+    """The answer of POST /v1/score/graph: the `gamma` used and the groups in the order sent."""
+
+    gamma: float
+    groups: list[GraphGroupResult]
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __iter__(self) -> Iterator[GraphGroupResult]:
+        return iter(self.groups)
+
+    def __getitem__(self, i: int) -> GraphGroupResult:
+        return self.groups[i]
+
+    def to_json(self) -> dict[str, Any]:
+        """The response as the service's JSON shape (docs/api.md)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> GraphResponse:
+        return cls(
+            gamma=float(d["gamma"]),
+            groups=[GraphGroupResult.from_json(g) for g in d.get("groups", [])],
         )
 
 

@@ -1,0 +1,96 @@
+"""`flowfield experiment rewardflow` and `flowfield experiment rewardflow-report`
+(registered on the experiment app in flowfield/experiments/cli.py).
+
+    flowfield experiment rewardflow --smoke          # every arm, both settings, ~1 minute
+    flowfield experiment rewardflow                  # 3 arms x 2 settings x 3 seeds
+    flowfield experiment rewardflow-report results.json --plot curves.png --markdown t.md
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from flowfield.experiments.commands import (
+    parse_ints,
+    parse_names,
+    report_command_for,
+    run_experiment_command,
+)
+
+if TYPE_CHECKING:
+    from flowfield.experiments.rewardflow.config import RewardFlowConfig
+
+DEFAULT_OUT = Path("runs/experiments/rewardflow-toy")
+
+
+def rewardflow_command(
+    arms: str = typer.Option(None, help="comma-separated arms: outcome,rewardflow,"
+                             "rewardflow-gamma,mc (default all)"),
+    envs: str = typer.Option(None, help="comma-separated environments: easy,hard (default "
+                             "both)"),
+    seeds: str = typer.Option(None, help="comma-separated seeds (default 0,1,2; smoke 0)"),
+    steps: int = typer.Option(
+        None, help="environment steps per run, every arm and environment (default: easy 400k, "
+        "hard 2M; smoke 6k)"),
+    groups: int = typer.Option(None, help="training starts per update"),
+    group_size: int = typer.Option(None, help="G: rollouts per start"),
+    hidden: int = typer.Option(None, help="policy MLP width"),
+    lr: float = typer.Option(None, help="policy learning rate (Adam)"),
+    gamma: float = typer.Option(None, help="RewardFlow propagation discount"),
+    step_weight: float = typer.Option(None, help="w in A = A_episode + w * A_step"),
+    mc_gamma: float = typer.Option(None, help="discount of the Monte-Carlo arm"),
+    evals: int = typer.Option(None, help="held-out evaluations per run (evenly spaced in steps)"),
+    eval_size: int = typer.Option(None, help="held-out starts per evaluation"),
+    target: float = typer.Option(None, help="held-out success rate for 'steps to reach'"),
+    threads: int = typer.Option(None, help="trainer torch threads"),
+    smoke: bool = typer.Option(False, help="a few updates per run, one seed: the loop in CI"),
+    out: Path = typer.Option(DEFAULT_OUT, help="output folder (results, plot, table)"),
+    json_out: Path = typer.Option(None, "--json", help="results JSON (default OUT/results.json)"),
+    plot: Path = typer.Option(None, help="learning-curve PNG (default OUT/curves.png)"),
+    markdown: Path = typer.Option(None, help="markdown tables (default OUT/table.md)"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every update"),
+) -> None:
+    """RewardFlow vs outcome-only vs Monte-Carlo advantages, an MLP policy in grid rooms,
+    graph rewards from a live service (POST /v1/score/graph)."""
+    from flowfield.experiments.rewardflow.config import preset
+    from flowfield.experiments.rewardflow.report import markdown_table, plot_curves
+    from flowfield.experiments.rewardflow.runner import run_experiment
+
+    def make_config() -> RewardFlowConfig:
+        return preset(smoke).with_overrides(
+            arms=parse_names(arms), envs=parse_names(envs), seeds=parse_ints(seeds),
+            steps=steps, groups=groups, group_size=group_size, hidden=hidden, lr=lr,
+            gamma=gamma, step_weight=step_weight, mc_gamma=mc_gamma, evals=evals,
+            eval_size=eval_size, target=target, threads=threads,
+        )
+
+    def describe(cfg: RewardFlowConfig) -> str:
+        n = len(cfg.arms) * len(cfg.envs) * len(cfg.seeds)
+        budgets = ", ".join(f"{e} {cfg.budget(e):,}" for e in cfg.envs)
+        return (f"rewardflow experiment: {n} runs ({', '.join(cfg.arms)} x "
+                f"{', '.join(cfg.envs)} x seeds {', '.join(map(str, cfg.seeds))}), env steps "
+                f"per run: {budgets}")
+
+    run_experiment_command(
+        make_config, describe,
+        lambda cfg, json_path: run_experiment(cfg, out, json_path=json_path),
+        markdown_table, plot_curves,
+        out=out, json_out=json_out, plot=plot, markdown=markdown, verbose=verbose,
+    )
+
+
+def _report_parts() -> tuple[Callable, Callable, Callable]:
+    from flowfield.experiments.rewardflow.report import markdown_table, plot_curves, summarize
+
+    return summarize, markdown_table, plot_curves
+
+
+rewardflow_report_command = report_command_for(
+    "rewardflow",
+    "Rebuild the RewardFlow tables (and plot) from a results JSON without running anything.",
+    _report_parts,
+)
