@@ -101,7 +101,7 @@ class NoiseBank:
         self.max_stacked = max_stacked
         self.max_stacked_bytes = max_stacked_bytes
         self._cache: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
-        self._stacked: OrderedDict[tuple[int, int, int], torch.Tensor] = OrderedDict()
+        self._stacked: OrderedDict[tuple[int, int, int, int], torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def _block(self, slot: int, layer: int, index: int) -> torch.Tensor:
@@ -120,15 +120,16 @@ class NoiseBank:
             self._cache.popitem(last=False)
         return out
 
-    def take(self, slots: int, layers: int, max_len: int) -> torch.Tensor:
-        """Noise for positions 0..max_len-1: [slots, layers, >= max_len, d] (float32, CPU).
+    def take(self, slots: int, layers: int, max_len: int, first: int = 0) -> torch.Tensor:
+        """Noise for positions 0..max_len-1: [slots, layers, >= max_len, d] (float32, CPU),
+        of draw slots first..first+slots-1.
 
         A small shape gets whole blocks (callers index the positions they need), so its
         stacked tensor can be cached per (slots, layers, blocks); a large one gets exactly
         max_len positions and is not kept. Callers must not modify the result.
         """
         nblocks = (max_len + self.block - 1) // self.block
-        key = (slots, layers, nblocks)
+        key = (first, slots, layers, nblocks)
         with self._lock:
             out = self._stacked.get(key)
             if out is not None:
@@ -146,7 +147,7 @@ class NoiseBank:
                     for b in range(nblocks):
                         lo = b * self.block
                         hi = min(lo + self.block, n)
-                        out[j, layer, lo:hi] = self._block(j, layer, b)[: hi - lo]
+                        out[j, layer, lo:hi] = self._block(first + j, layer, b)[: hi - lo]
             if keep:
                 self._stacked[key] = out
                 while len(self._stacked) > self.max_stacked:
@@ -181,37 +182,93 @@ def token_deviations(
     elementwise operations: a token's e is bit-identical with any batch-mates (given the
     same device, dtype and thread settings). check, if given, is called before each chunk
     and may raise to abandon the computation (shutdown).
+
+    This is `deviation_sum` over every (timestep, draw) pair divided by T*K*L: with
+    fixed_rows, the same operations in the same order as summing the pairs in several parts.
     """
-    L, N, d = h.shape
+    L, N, _ = h.shape
     T, K = len(timesteps), noise_draws
     if N == 0:
         return torch.zeros(0)
+    total = deviation_sum(
+        net,
+        h,
+        ctx,
+        positions,
+        layer_fractions,
+        timesteps,
+        noise,
+        noise_draws,
+        max_rows=max_rows,
+        fixed_rows=fixed_rows,
+        check=check,
+    )
+    return total / (T * K * L)
+
+
+def deviation_sum(
+    net: nn.Module,
+    h: torch.Tensor,
+    ctx: torch.Tensor,
+    positions: torch.Tensor,
+    layer_fractions: Sequence[float],
+    timesteps: Sequence[float],
+    noise: NoiseBank,
+    noise_draws: int = 1,
+    pairs: tuple[int, int] | None = None,
+    carry: torch.Tensor | None = None,
+    max_rows: int = 1 << 16,
+    fixed_rows: int = 0,
+    check: Callable[[], None] | None = None,
+) -> torch.Tensor:
+    """carry + the sum over pairs [lo, hi) and layers of t/(1-t) * (1/d)||v - u||^2: [N]
+    (float32, on h's device); the other arguments are `token_deviations`'.
+
+    e is a mean over the T*K (timestep, draw) pairs (pair p = timestep p // K, draw p % K)
+    and the L layers. pairs: (lo, hi), the pairs to evaluate (None = all); carry: [N], the
+    running sum of the pairs before lo (None: nothing before). The weighted errors are added
+    to carry slice by slice in the order (pair, layer), so summing [0, a), then [a, b) with
+    that carry, ..., then dividing by T*K*L performs exactly the additions of one call over
+    all pairs (with fixed_rows, where the sum is elementwise): splitting an expensive
+    sample's evaluations into parts (the scoring scheduler's work units) gives the same bits
+    as not splitting it. Without fixed_rows each call reduces its own slices first (close,
+    not bit-identical).
+    """
+    L, N, d = h.shape
+    T, K = len(timesteps), noise_draws
+    lo, hi = pairs if pairs is not None else (0, T * K)
+    if not 0 <= lo < hi <= T * K:
+        raise ValueError(f"pairs {(lo, hi)} outside [0, {T * K})")
+    P = hi - lo
     device, dtype = h.device, h.dtype
+    if N == 0:
+        return torch.zeros(0, device=device)
     max_len = int(positions.max().item()) + 1
-    # eps slot j*K..j*K+K-1 for timestep j: independent draws across timesteps and draws
-    bank = noise.take(T * K, L, max_len)  # [T*K, L, max_len, d]
-    eps = bank[:, :, positions.cpu()].to(device=device, dtype=dtype)  # [T*K, L, N, d]
-    eps = eps.reshape(T, K, L, N, d)
+    # eps slot p = t*K + k for timestep t, draw k: independent across timesteps and draws
+    bank = noise.take(P, L, max_len, first=lo)  # [P, L, max_len, d]
+    eps = bank[:, :, positions.cpu()].to(device=device, dtype=dtype)  # [P, L, N, d]
     ts = torch.tensor(timesteps, dtype=torch.float32, device=device)
     lf = torch.tensor(layer_fractions, dtype=torch.float32, device=device)
+    pair_t = torch.arange(lo, hi, device=device) // K  # timestep index of each pair
 
-    x1 = h[None, None].expand(T, K, L, N, d)
-    c = ctx[None, None].expand(T, K, L, N, d)
-    t_rows = ts[:, None, None, None].expand(T, K, L, N)
-    l_rows = lf[None, None, :, None].expand(T, K, L, N)
+    x1 = h[None].expand(P, L, N, d)
+    c = ctx[None].expand(P, L, N, d)
+    t_rows = ts[pair_t][:, None, None].expand(P, L, N)
+    l_rows = lf[None, :, None].expand(P, L, N)
 
     x1, c, eps = (a.reshape(-1, d) for a in (x1, c, eps))
     t_rows, l_rows = t_rows.reshape(-1), l_rows.reshape(-1)
     xt = interpolate(x1, eps, t_rows)
     u = target_velocity(x1, eps)
+    # the weight of each (pair, layer) slice: t/(1-t) of the pair's timestep
+    w = score_weight(ts).repeat_interleave(K * L)[lo * L : hi * L]  # [P*L]
     if fixed_rows > 0:
         err = _fixed_shape_errors(net, xt, t_rows, c, l_rows, u, fixed_rows, check)
-        err = err.reshape(T * K * L, N)
-        w = score_weight(ts).repeat_interleave(K * L)  # [T*K*L], the weight of each slice
-        acc = err[0] * w[0]
-        for i in range(1, T * K * L):  # elementwise only: no reduction whose order could vary
+        err = err.reshape(P * L, N)
+        acc = err[0] * w[0] if carry is None else carry.to(device) + err[0] * w[0]
+        for i in range(1, P * L):  # elementwise only: no reduction whose order could vary
             acc = acc + err[i] * w[i]
-        return acc / (T * K * L)
+        return acc
     err = torch.empty(x1.shape[0], dtype=torch.float32, device=device)
     for s in range(0, x1.shape[0], max_rows):
         if check is not None:
@@ -219,8 +276,8 @@ def token_deviations(
         e = slice(s, s + max_rows)
         v = net(xt[e], t_rows[e], c[e], l_rows[e])
         err[e] = (v.float() - u[e].float()).pow(2).mean(dim=-1)
-    err = err.reshape(T, K, L, N) * score_weight(ts)[:, None, None, None]
-    return err.mean(dim=(0, 1, 2))
+    total = (err.reshape(P * L, N) * w[:, None]).sum(dim=0)
+    return total if carry is None else carry.to(device) + total
 
 
 def _fixed_shape_errors(

@@ -16,9 +16,11 @@ Request-level limits (samples per request, tokens per sample, cost) are the serv
 
 from __future__ import annotations
 
+import json
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flowfield.encoder import NO_TOKENIZER
@@ -92,3 +94,19 @@ def _bad_id(name: str, ids: Sequence[Any], vocab: int) -> str | None:
         if not 0 <= x < vocab:
             return f"{name} holds token id {int(x)}, outside the vocabulary [0, {vocab})"
     return None
+
+
+def jsonl_objects(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSONL file, blank lines skipped; a line that is not a JSON
+    object is a ValueError naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object")
+            yield n, row

@@ -16,7 +16,7 @@ import torch
 from flowfield.checkpoint import check_compatible
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
-from flowfield.objective import NoiseBank, token_deviations
+from flowfield.objective import NoiseBank, deviation_sum
 from flowfield.rewards import Calibration, RewardOptions, group_advantages, token_rewards
 
 # Batch invariance (FlowScorer.batch_invariant): the deviations of a sample are computed
@@ -115,18 +115,57 @@ class FlowScorer:
         and the flow runs in fixed-size row chunks. check, if given, is called between
         forwards and flow chunks and may raise (e.g. ScoringInterrupted) to abandon the call.
         batch_invariant: overrides the scorer's setting for this call.
+
+        The same as `latents`, then `deviation_sums` over all (timestep, draw) pairs, then
+        `finish_deviations`; in batch-invariant mode bit-identical to doing the sums in parts.
         """
+        lat = self.latents(prompts, responses, check=check, batch_invariant=batch_invariant)
+        sums = self.deviation_sums(
+            lat, timesteps, noise_draws, check=check, batch_invariant=batch_invariant
+        )
+        return self.finish_deviations(sums, timesteps, noise_draws)
+
+    @torch.inference_mode()
+    def latents(
+        self,
+        prompts: Sequence[Sequence[int]],
+        responses: Sequence[Sequence[int]],
+        check: Callable[[], None] | None = None,
+        batch_invariant: bool | None = None,
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each sample's response latents and context latents as the flow models them
+        (standardised): (h, ctx), each [L, R, d], on the encoder's device."""
         invariant = self.batch_invariant if batch_invariant is None else batch_invariant
         batch = self.encoder.encode(prompts, responses, fixed_shapes=invariant, check=check)
-        counts = torch.tensor([len(r) for r in responses], dtype=torch.long)
-        if int(counts.sum()) == 0:
-            return [torch.zeros(0) for _ in responses]
-        starts = torch.tensor(batch.offsets[:-1], dtype=torch.long)
-        # response index of every packed token, without a per-token Python loop
-        positions = torch.arange(int(counts.sum())) - starts.repeat_interleave(counts)
         # the flow models standardised latents when it was fitted with statistics
         h, ctx = self.flow.prepare(batch.h, batch.context(self.meta.config.context))
-        e = token_deviations(
+        o = batch.offsets
+        return [(h[:, o[i] : o[i + 1]], ctx[:, o[i] : o[i + 1]]) for i in range(len(responses))]
+
+    @torch.inference_mode()
+    def deviation_sums(
+        self,
+        latents: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        timesteps: Sequence[float],
+        noise_draws: int,
+        pairs: tuple[int, int] | None = None,
+        carries: Sequence[torch.Tensor] | None = None,
+        check: Callable[[], None] | None = None,
+        batch_invariant: bool | None = None,
+    ) -> list[torch.Tensor]:
+        """Per sample [R] (CPU float32): its running sum of weighted flow errors over the
+        (timestep, draw) pairs [lo, hi) (None = all), added to its carry (the sum of the pairs
+        before lo; None = none). See `flowfield.objective.deviation_sum`."""
+        invariant = self.batch_invariant if batch_invariant is None else batch_invariant
+        counts = [int(h.shape[1]) for h, _ in latents]
+        if sum(counts) == 0:
+            return [torch.zeros(0) for _ in latents]
+        h = torch.cat([h for h, _ in latents], dim=1)
+        ctx = torch.cat([c for _, c in latents], dim=1)
+        # response index of every packed token
+        positions = torch.cat([torch.arange(n) for n in counts])
+        carry = torch.cat(list(carries)) if carries is not None else None
+        e = deviation_sum(
             self.flow,
             h,
             ctx,
@@ -135,10 +174,19 @@ class FlowScorer:
             timesteps,
             self.noise,
             noise_draws,
+            pairs=pairs,
+            carry=carry,
             fixed_rows=self.flow_chunk_rows if invariant else 0,
             check=check,
         ).cpu()
-        return list(torch.split(e, counts.tolist()))
+        return list(torch.split(e, counts))
+
+    def finish_deviations(
+        self, sums: Sequence[torch.Tensor], timesteps: Sequence[float], noise_draws: int
+    ) -> list[torch.Tensor]:
+        """Sums over all (timestep, draw) pairs -> deviations (their mean with the layers)."""
+        n = len(timesteps) * noise_draws * len(self.meta.config.layer_fractions)
+        return [s / n for s in sums]
 
     def resolve_normalization(
         self, requested: str | None, default: str, timesteps: Sequence[float]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,24 +22,20 @@ from service.logs import REQUEST_ID
 log = logging.getLogger("flowfield.service")
 
 
+@dataclass(eq=False)
 class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        field: str | None = None,
-        sample_id: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-        self.sample_id = sample_id
-        self.headers = headers
+    """A client mistake raised anywhere in a request; the handler below answers it with
+    `error_response` of its fields."""
 
+    status: int
+    code: str
+    message: str
+    field: str | None = None
+    sample_id: str | None = None
+    headers: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 def error_response(
     status: int,

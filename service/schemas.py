@@ -215,6 +215,11 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route: an ErrorResponse body for each status."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
 # ---- RewardFlow mode (/v1/score/graph) ------------------------------------------------------
 
 JsonValue = Any  # a state key: a string or any JSON value; equal values are the same state

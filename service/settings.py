@@ -104,6 +104,13 @@ class Settings(BaseSettings):
 
     # scheduler
     batch_max_tokens: int = Field(32768, description="tokens per scoring batch")
+    unit_max_cost: int = Field(
+        8192,
+        description="a request is scored in work units of at most this cost (tokens x hooked "
+        "layers x timesteps x noise draws; one sample alone is split along its timesteps x "
+        "draws), served round-robin so a large request cannot hold small ones; ~0.1 s on "
+        "the demo policy, 1 CPU thread; <= 0: no split",
+    )
     batch_wait_ms: float = Field(5.0, description="how long a batch waits for more requests")
     queue_max_samples: int = Field(8192, description="queued samples before 429")
     batch_invariant: bool | None = Field(

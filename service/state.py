@@ -85,6 +85,7 @@ class ServiceState:
             batch_invariant=(
                 s.batch_invariant if s.batch_invariant is not None else encoder.device.type == "cpu"
             ),
+            unit_max_cost=s.unit_max_cost,
         )
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._watch_versions(), name="flow-watch"))

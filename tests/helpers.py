@@ -62,3 +62,15 @@ def random_samples(n: int, seed: int = 0, prompt_range=(0, 12), response_range=(
         prompts.append(torch.randint(2, VOCAB, (p,), generator=g).tolist())
         responses.append(torch.randint(2, VOCAB, (r,), generator=g).tolist())
     return prompts, responses
+
+
+def check_experiment_outputs(out: Path, results: dict, markdown_table, arms) -> str:
+    """`flowfield experiment ... --out OUT` wrote OUT/table.md (the results' table, a row per
+    arm) and a real PNG plot; returns the table."""
+    table = (out / "table.md").read_text()
+    assert table == markdown_table(results)
+    for arm in arms:
+        assert f"| {arm} |" in table
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    return table

@@ -16,7 +16,6 @@ Flow scores come from FlowScorer, the same library call the service answers /sco
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -37,7 +36,7 @@ from flowfield.evaluation.metrics import (
 from flowfield.evaluation.tokens import class_table, demo_token_classes, string_token_classes
 from flowfield.progress import progress_bar
 from flowfield.rewards import NORMALIZATIONS
-from flowfield.samples import SampleLimits, check_sample
+from flowfield.samples import SampleLimits, check_sample, jsonl_objects
 from flowfield.scorer import FlowScorer, ScoreOptions
 
 # sequence-level scores (each oriented: higher = more likely incorrect): key -> label
@@ -103,40 +102,31 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
     """
     out: list[EvalRollout] = []
     limits = SampleLimits.of(encoder)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            if not isinstance(row.get("reward"), int | float) or isinstance(row["reward"], bool):
-                raise ValueError(f"{path}:{n}: needs a numeric verifier reward")
-            prompt, response = str(row.get("prompt") or ""), str(row.get("response") or "")
-            if "response_ids" not in row and "response" not in row:
-                raise ValueError(f"{path}:{n}: needs response_ids or response")
-            # text is tokenised only where ids are missing (a policy may have no tokenizer)
-            p_text = prompt if "prompt_ids" not in row else ""
-            r_text = response if "response_ids" not in row else ""
-            text = bool(p_text or r_text)
-            p_tok, r_tok = encoder.tokenize(p_text, r_text) if limits.has_tokenizer else ([], [])
-            p, r = row.get("prompt_ids", p_tok), row.get("response_ids", r_tok)
-            if not isinstance(p, list) or not isinstance(r, list):
-                raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
-            problem = check_sample(p, r, limits, needs_tokenizer=text)
-            if problem:
-                raise ValueError(f"{path}:{n}: {problem}")
-            prompt = prompt or "".join(token_strings(encoder, p))
-            response = response or "".join(token_strings(encoder, r))
-            fe = row.get("first_error")
-            if fe is not None and not isinstance(fe, int):
-                raise ValueError(f"{path}:{n}: first_error must be a token index")
-            out.append(
-                EvalRollout(p, r, float(row["reward"]), prompt, response, fe, str(row.get("id", n)))
-            )
+    for n, row in jsonl_objects(path):
+        if not isinstance(row.get("reward"), int | float) or isinstance(row["reward"], bool):
+            raise ValueError(f"{path}:{n}: needs a numeric verifier reward")
+        prompt, response = str(row.get("prompt") or ""), str(row.get("response") or "")
+        if "response_ids" not in row and "response" not in row:
+            raise ValueError(f"{path}:{n}: needs response_ids or response")
+        # text is tokenised only where ids are missing (a policy may have no tokenizer)
+        p_text = prompt if "prompt_ids" not in row else ""
+        r_text = response if "response_ids" not in row else ""
+        text = bool(p_text or r_text)
+        p_tok, r_tok = encoder.tokenize(p_text, r_text) if limits.has_tokenizer else ([], [])
+        p, r = row.get("prompt_ids", p_tok), row.get("response_ids", r_tok)
+        if not isinstance(p, list) or not isinstance(r, list):
+            raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
+        problem = check_sample(p, r, limits, needs_tokenizer=text)
+        if problem:
+            raise ValueError(f"{path}:{n}: {problem}")
+        prompt = prompt or "".join(token_strings(encoder, p))
+        response = response or "".join(token_strings(encoder, r))
+        fe = row.get("first_error")
+        if fe is not None and not isinstance(fe, int):
+            raise ValueError(f"{path}:{n}: first_error must be a token index")
+        out.append(
+            EvalRollout(p, r, float(row["reward"]), prompt, response, fe, str(row.get("id", n)))
+        )
     if not out:
         raise ValueError(f"{path}: no rollouts")
     return out

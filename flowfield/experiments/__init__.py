@@ -7,7 +7,9 @@ Files, one idea each: arms.py (what differs between arms), config.py (settings, 
 service_process.py (a `flowfield serve` subprocess per run), evaluate.py (train / held-out
 problems, accuracy), policy_gradient.py (the policy forward and loss), shaping.py (token
 advantages per arm), trainer.py (one arm and seed), runner.py (all runs, versions, JSON),
-report.py (summaries, markdown), plot.py (PNG), cli.py (the commands).
+report.py (summaries, markdown), plot.py (PNG), cli.py (the commands). Shared with the
+RewardFlow experiment (rewardflow/): common.py (settings overrides and checks, timings, the
+results file and versions) and commands.py (the command plumbing and the report commands).
 
 Nothing is imported here, so the `flowfield` command starts without loading torch.
 """

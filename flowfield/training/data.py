@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from flowfield.encoder import LatentEncoder
-from flowfield.samples import SampleLimits, check_sample
+from flowfield.samples import SampleLimits, check_sample, jsonl_objects
 
 
 @dataclass(frozen=True)
@@ -33,33 +32,24 @@ def load_jsonl(
     """
     out: list[Sample] = []
     limits = SampleLimits.of(encoder, max_tokens)
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{n}: expected a JSON object")
-            text: tuple[str, str] | None = None
-            if "response_ids" in row:
-                p, r = row.get("prompt_ids") or [], row["response_ids"]
-                if not isinstance(p, list) or not isinstance(r, list):
-                    raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
-            elif "response" in row:
-                text = (str(row.get("prompt") or ""), str(row["response"]))
-            elif "text" in row:
-                text = ("", str(row["text"]))
-            else:
-                raise ValueError(f"{path}:{n}: needs response_ids, response or text")
-            if text is not None:
-                p, r = encoder.tokenize(*text) if limits.has_tokenizer else ([], [])
-            problem = check_sample(p, r, limits, needs_tokenizer=text is not None and any(text))
-            if problem:
-                raise ValueError(f"{path}:{n}: {problem}")
-            out.append(Sample(tuple(p), tuple(r)))
+    for n, row in jsonl_objects(path):
+        text: tuple[str, str] | None = None
+        if "response_ids" in row:
+            p, r = row.get("prompt_ids") or [], row["response_ids"]
+            if not isinstance(p, list) or not isinstance(r, list):
+                raise ValueError(f"{path}:{n}: prompt_ids and response_ids must be lists")
+        elif "response" in row:
+            text = (str(row.get("prompt") or ""), str(row["response"]))
+        elif "text" in row:
+            text = ("", str(row["text"]))
+        else:
+            raise ValueError(f"{path}:{n}: needs response_ids, response or text")
+        if text is not None:
+            p, r = encoder.tokenize(*text) if limits.has_tokenizer else ([], [])
+        problem = check_sample(p, r, limits, needs_tokenizer=text is not None and any(text))
+        if problem:
+            raise ValueError(f"{path}:{n}: {problem}")
+        out.append(Sample(tuple(p), tuple(r)))
     if not out:
         raise ValueError(f"{path}: no samples")
     return out

@@ -10,14 +10,7 @@ from flowfield.graph import Group, Step, Trajectory, score_groups
 from service import metrics
 from service.auth import require
 from service.errors import ApiError
-from service.schemas import (
-    ErrorResponse,
-    GraphGroupOut,
-    GraphRequest,
-    GraphResponse,
-    GraphStepOut,
-    GraphTrajectoryOut,
-)
+from service.schemas import GraphGroupOut, GraphRequest, GraphResponse, error_responses
 
 router = APIRouter(tags=["graph"], dependencies=[Depends(require("score"))])
 
@@ -28,15 +21,15 @@ MAX_ABS_REWARD = 1e12
 MAX_ABS_STEP_WEIGHT = 1e6
 
 
+def _invalid(code: str, message: str, field: str, sample_id: str | None = None) -> ApiError:
+    """Every mistake this endpoint finds in a request is a 422 naming the field."""
+    return ApiError(422, code, message, field, sample_id)
+
+
 def _check_reward(value: float, field: str, sample_id: str | None = None) -> None:
     if abs(value) > MAX_ABS_REWARD:
-        raise ApiError(
-            422,
-            "invalid_reward",
-            f"{field}: |reward| must be at most {MAX_ABS_REWARD:g}, got {value!r}",
-            field,
-            sample_id,
-        )
+        message = f"{field}: |reward| must be at most {MAX_ABS_REWARD:g}, got {value!r}"
+        raise _invalid("invalid_reward", message, field, sample_id)
 
 
 def _to_groups(req: GraphRequest) -> list[Group]:
@@ -44,37 +37,23 @@ def _to_groups(req: GraphRequest) -> list[Group]:
     groups = []
     for gi, g in enumerate(req.groups):
         if g.group_id in seen:
-            raise ApiError(
-                422,
-                "duplicate_id",
-                f"group_id {g.group_id!r} appears twice",
-                f"groups[{gi}].group_id",
-            )
+            raise _invalid("duplicate_id", f"group_id {g.group_id!r} appears twice",
+                           f"groups[{gi}].group_id")
         seen.add(g.group_id)
         ids: set[str] = set()
         trajs = []
         for ti, t in enumerate(g.trajectories):
-            if t.id in ids:
-                raise ApiError(
-                    422,
-                    "duplicate_id",
-                    f"trajectory id {t.id!r} appears twice in group {g.group_id!r}",
-                    f"groups[{gi}].trajectories[{ti}].id",
-                    t.id,
-                )
-            ids.add(t.id)
             where = f"groups[{gi}].trajectories[{ti}]"
+            if t.id in ids:
+                message = f"trajectory id {t.id!r} appears twice in group {g.group_id!r}"
+                raise _invalid("duplicate_id", message, f"{where}.id", t.id)
+            ids.add(t.id)
             for si, st in enumerate(t.steps):
                 _check_reward(float(st.reward), f"{where}.steps[{si}].reward", t.id)
             _check_reward(float(t.final_reward), f"{where}.final_reward", t.id)
             if t.success and t.truncated:
-                raise ApiError(
-                    422,
-                    "invalid_trajectory",
-                    "a trajectory cannot be both success and truncated",
-                    f"groups[{gi}].trajectories[{ti}]",
-                    t.id,
-                )
+                raise _invalid("invalid_trajectory",
+                               "a trajectory cannot be both success and truncated", where, t.id)
             trajs.append(
                 Trajectory(
                     id=t.id,
@@ -92,16 +71,12 @@ def _to_groups(req: GraphRequest) -> list[Group]:
 @router.post(
     "/v1/score/graph",
     response_model=GraphResponse,
-    responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422)},
+    responses=error_responses(401, 408, 413, 415, 422),
 )
 async def score_graph(req: GraphRequest) -> GraphResponse:
     if abs(req.step_weight) > MAX_ABS_STEP_WEIGHT:
-        raise ApiError(
-            422,
-            "invalid_option",
-            f"|step_weight| must be at most {MAX_ABS_STEP_WEIGHT:g}, got {req.step_weight!r}",
-            "step_weight",
-        )
+        message = f"|step_weight| must be at most {MAX_ABS_STEP_WEIGHT:g}, got {req.step_weight!r}"
+        raise _invalid("invalid_option", message, "step_weight")
     groups = _to_groups(req)
     try:
         # pure-Python graph work: off the event loop so /score batching keeps flowing
@@ -109,36 +84,12 @@ async def score_graph(req: GraphRequest) -> GraphResponse:
             score_groups, groups, float(req.gamma), float(req.step_weight), req.undirected
         )
     except (ValueError, TypeError, OverflowError) as e:
-        raise ApiError(422, "invalid_trajectory", str(e), "groups") from None
+        raise _invalid("invalid_trajectory", str(e), "groups") from None
     metrics.GRAPH_TRAJECTORIES.inc(sum(len(g.trajectories) for g in groups))
     metrics.GRAPH_STEPS.inc(sum(len(t.steps) for g in groups for t in g.trajectories))
+    # the results' dataclasses carry every field of the response models (and a node hash
+    # per step that the response leaves out): validated from their attributes
     return GraphResponse(
         gamma=float(req.gamma),
-        groups=[
-            GraphGroupOut(
-                group_id=r.group_id,
-                num_nodes=r.num_nodes,
-                num_edges=r.num_edges,
-                trajectories=[
-                    GraphTrajectoryOut(
-                        id=t.id,
-                        episode_return=t.episode_return,
-                        episode_advantage=t.episode_advantage,
-                        final_value=t.final_value,
-                        success=t.success,
-                        steps=[
-                            GraphStepOut(
-                                value=s.value,
-                                step_reward=s.step_reward,
-                                advantage=s.advantage,
-                                step_advantage=s.step_advantage,
-                            )
-                            for s in t.steps
-                        ],
-                    )
-                    for t in r.trajectories
-                ],
-            )
-            for r in results
-        ],
+        groups=[GraphGroupOut.model_validate(r, from_attributes=True) for r in results],
     )

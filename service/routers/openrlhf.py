@@ -24,7 +24,7 @@ from flowfield.samples import SampleLimits, check_sample
 from service.auth import require
 from service.errors import ApiError
 from service.scheduler import ScoreJob
-from service.schemas import ErrorResponse, OpenRLHFResponse, Text
+from service.schemas import OpenRLHFResponse, Text, error_responses
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
@@ -68,7 +68,7 @@ def strip_end(text: str, tokens: list[str]) -> str:
 @router.post(
     "/get_reward",
     response_model=OpenRLHFResponse,
-    responses={code: {"model": ErrorResponse} for code in (401, 408, 413, 415, 422, 429)},
+    responses=error_responses(401, 408, 413, 415, 422, 429),
 )
 async def get_reward(
     req: GetRewardRequest,

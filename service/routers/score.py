@@ -11,21 +11,13 @@ from service.auth import require
 from service.errors import ApiError
 from service.samples import check_request_limits, resolve_ids, sample_problem
 from service.scheduler import ScoreJob
-from service.schemas import ErrorResponse, ScoreRequest, ScoreResponse, ScoreResult
+from service.schemas import ScoreRequest, ScoreResponse, ScoreResult, error_responses
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
 router = APIRouter(tags=["score"], dependencies=[Depends(require("score"))])
 
-ERRORS = {
-    401: {"model": ErrorResponse},
-    403: {"model": ErrorResponse},
-    408: {"model": ErrorResponse},
-    413: {"model": ErrorResponse},
-    415: {"model": ErrorResponse},
-    422: {"model": ErrorResponse},
-    429: {"model": ErrorResponse},
-}
+ERRORS = error_responses(401, 403, 408, 413, 415, 422, 429)
 
 
 def _reward_options(

@@ -10,7 +10,7 @@ from service import metrics
 from service.auth import require
 from service.errors import ApiError
 from service.samples import check_request_limits, resolve_ids, sample_problem
-from service.schemas import ErrorResponse, UpdateRequest, UpdateResponse
+from service.schemas import UpdateRequest, UpdateResponse, error_responses
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 from service.updates.types import UpdateSample
@@ -22,15 +22,7 @@ router = APIRouter(tags=["update"], dependencies=[Depends(require("update"))])
     "/v1/update",
     status_code=202,
     response_model=UpdateResponse,
-    responses={
-        401: {"model": ErrorResponse},
-        403: {"model": ErrorResponse},
-        408: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        415: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=error_responses(401, 403, 408, 413, 415, 422, 503),
 )
 async def update(
     req: UpdateRequest,

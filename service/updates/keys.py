@@ -1,4 +1,4 @@
-"""Redis key names shared by the queue, the flow store and the learner.
+"""Redis key names shared by the queue, the flow store, the learner and the policy sync.
 
 One place, so the atomic scripts in different modules agree on them. Every key starts with
 `settings.redis_prefix`; for Redis Cluster use a prefix with a hash tag (e.g. "{flowfield}")
@@ -53,6 +53,16 @@ class RedisKeys:
     def lock(self) -> str:
         """The single-learner lock (SET NX PX, renewed by its holder)."""
         return f"{self.prefix}:learner:lock"
+
+    @property
+    def policy(self) -> str:
+        """Hash of the recorded policy: epoch, path, name, revision, label, set_at, set_by."""
+        return f"{self.prefix}:policy"
+
+    @property
+    def policy_announce(self) -> str:
+        """Pub/sub channel; the message is the new policy epoch."""
+        return f"{self.prefix}:policy:announce"
 
 
 def text(value: str | bytes | None) -> str | None:

@@ -32,7 +32,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.updates.keys import text
+from service.updates.keys import RedisKeys, text
 
 log = logging.getLogger("flowfield.policy")
 
@@ -57,6 +57,16 @@ return epoch
 
 class PolicySyncUnavailable(RuntimeError):
     """Redis did not answer: the policy could not be recorded (or read)."""
+
+
+@contextlib.contextmanager
+def _unavailable_without_redis() -> Iterator[None]:
+    """Turns Redis not answering (connection refused or lost, timeout) into
+    PolicySyncUnavailable."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as e:
+        raise PolicySyncUnavailable(f"redis: {e}") from e
 
 
 @dataclass(frozen=True)
@@ -100,44 +110,28 @@ class PolicySync:
                  poll_s: float = 2.0) -> None:
         self.redis = client
         self.prefix = prefix
+        self.keys = RedisKeys(prefix)
         self.poll_s = poll_s
         self._record = client.register_script(_RECORD)
-
-    @property
-    def key(self) -> str:
-        """Hash: epoch, path, name, revision, label, set_at, set_by."""
-        return f"{self.prefix}:policy"
-
-    @property
-    def channel(self) -> str:
-        """Pub/sub channel; the message is the new epoch."""
-        return f"{self.prefix}:policy:announce"
 
     async def record(self, path: str, name: str, revision: str, label: str) -> PolicyRecord:
         """Record a policy that loaded on this process; returns it with its new epoch."""
         now = time.time()
-        try:
-            epoch = await self._record(
-                keys=[self.key],
-                args=[path, name, revision, label, f"{now:.3f}", process_name(), self.channel],
-            )
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise PolicySyncUnavailable(f"redis: {e}") from e
+        args = [path, name, revision, label, f"{now:.3f}", process_name(),
+                self.keys.policy_announce]
+        with _unavailable_without_redis():
+            epoch = await self._record(keys=[self.keys.policy], args=args)
         return PolicyRecord(int(epoch), path, name, revision, label, now, process_name())
 
     async def epoch(self) -> int:
         """The recorded epoch (0: no policy was ever recorded). One HGET."""
-        try:
-            return int(text(await self.redis.hget(self.key, "epoch")) or 0)
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise PolicySyncUnavailable(f"redis: {e}") from e
+        with _unavailable_without_redis():
+            return int(text(await self.redis.hget(self.keys.policy, "epoch")) or 0)
 
     async def current(self) -> PolicyRecord | None:
         """The recorded policy, or None when POST /v1/policy never recorded one."""
-        try:
-            return PolicyRecord.from_hash(await self.redis.hgetall(self.key))
-        except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-            raise PolicySyncUnavailable(f"redis: {e}") from e
+        with _unavailable_without_redis():
+            return PolicyRecord.from_hash(await self.redis.hgetall(self.keys.policy))
 
     async def watch(self, applied: Callable[[], int]) -> AsyncIterator[PolicyRecord]:
         """Yield the recorded policy whenever its epoch is above `applied()` (the epoch the
@@ -148,7 +142,7 @@ class PolicySync:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.subscribe(self.channel)
+                await pubsub.subscribe(self.keys.policy_announce)
                 while True:
                     rec = await self.current()  # the record is the truth, messages just wake us
                     if failing:

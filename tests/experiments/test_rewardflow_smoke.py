@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import check_experiment_outputs
 from typer.testing import CliRunner
 
 from flowfield.cli import app
@@ -100,12 +101,7 @@ def test_graph_rewards_came_from_the_live_service_and_were_used(smoke):
 
 def test_outputs_written(smoke):
     output, results, out = smoke
-    table = (out / "table.md").read_text()
-    assert table == markdown_table(results)
-    for arm in DEFAULT_ARMS:
-        assert f"| {arm} |" in table
-    png = (out / "curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    check_experiment_outputs(out, results, markdown_table, DEFAULT_ARMS)
     assert results["versions"]["torch"]
     assert set(results["summary"]) == set(ENVIRONMENTS)
 

@@ -14,6 +14,7 @@ import json
 import math
 
 import pytest
+from helpers import check_experiment_outputs
 from typer.testing import CliRunner
 
 from flowfield.cli import app
@@ -103,13 +104,8 @@ def test_shaping_signal_per_arm(smoke):
 
 def test_outputs_written(smoke):
     output, results, out = smoke
-    table = (out / "table.md").read_text()
-    assert table == markdown_table(results)
-    for arm in ARMS:
-        assert f"| {arm} |" in table
+    check_experiment_outputs(out, results, markdown_table, ARMS)
     assert "| rlfr |" in output
-    png = (out / "curves.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     v = results["versions"]
     assert v["policy_sha256"] and v["flow_sha256"] and v["torch"]
     assert not (out / "work").exists()  # per-run checkpoints and policies are cleaned up

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from live_server import Server
+from service_helpers import REDIS_URL
 
 
 @pytest.fixture(scope="module")
@@ -16,3 +19,17 @@ def server(tmp_path_factory):
 def client(server):
     with server.client() as c:
         yield c
+
+
+@pytest.fixture
+def prefix():
+    """A fresh Redis key prefix for one test; its keys are deleted afterwards."""
+    import redis
+
+    p = f"flowfield-test-{uuid.uuid4().hex[:10]}"
+    yield p
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(f"{p}:*"))
+    if keys:
+        r.delete(*keys)
+    r.close()

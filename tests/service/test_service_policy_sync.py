@@ -10,19 +10,18 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import asdict
 
 import pytest
 import redis
 from helpers import save_tiny_model
 from live_server import REPO, Server
+from service_helpers import REDIS_URL
 
 from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 
-REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
@@ -34,17 +33,6 @@ def redis_available() -> bool:
 
 
 pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
-
-
-@pytest.fixture
-def prefix():
-    p = f"flowfield-test-{uuid.uuid4().hex[:10]}"
-    yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{p}:*"))
-    if keys:
-        r.delete(*keys)
-    r.close()
 
 
 def sample(i: int, reward: float | None = None) -> dict:

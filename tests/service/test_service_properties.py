@@ -26,6 +26,7 @@ the numbers) cannot change between two identical requests.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 import statistics
@@ -37,6 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from live_server import Server
 
+from flowfield.demo import DEMO_POLICY
 from service.schemas import ErrorResponse, GraphResponse, ScoreResponse, UpdateResponse
 
 VOCAB = 21  # the demo policy: <pad> <eos> <unk> 0-9 + = , : . A Q \n
@@ -208,8 +210,7 @@ def score_sample(draw, rewarded: bool = False) -> dict:
         s["response_ids"] = draw(st.lists(token, min_size=1, max_size=40))
     else:
         s["response"] = draw(st.text(DEMO_CHARS, min_size=1, max_size=40))
-    if draw(st.booleans()):
-        s["group_id"] = draw(st.sampled_from(["g0", "g1", ""]) | ident | st.none())
+    draw_optional(draw, s, group_id=st.sampled_from(["g0", "g1", ""]) | ident | st.none())
     if rewarded or draw(st.booleans()):
         s["reward"] = draw(small if rewarded else finite)
     return s
@@ -222,18 +223,15 @@ def score_options(draw, advantages: bool | None = None) -> dict:
     if timesteps is not None:
         o["timesteps"] = timesteps
     norms = ["bilateral", "unilateral"] + (["expert"] if timesteps in (None, [0.8]) else [])
-    if draw(st.booleans()):
-        o["normalization"] = draw(st.sampled_from(norms))
-    if draw(st.booleans()):
-        o["beta"] = draw(st.floats(0, 1e6) | st.integers(0, 1000) | st.just(1e300))
-    if draw(st.booleans()):
-        o["threshold"] = draw(st.floats(0, 2) | st.integers(0, 3))
-    if draw(st.booleans()):
-        o["top_k"] = draw(st.integers(0, 50) | st.just(1_000_000))
-    if draw(st.booleans()):
-        o["noise_draws"] = draw(st.integers(1, 3))
-    if draw(st.booleans()):
-        o["return_deviations"] = draw(st.booleans())
+    draw_optional(
+        draw, o,
+        normalization=st.sampled_from(norms),
+        beta=st.floats(0, 1e6) | st.integers(0, 1000) | st.just(1e300),
+        threshold=st.floats(0, 2) | st.integers(0, 3),
+        top_k=st.integers(0, 50) | st.just(1_000_000),
+        noise_draws=st.integers(1, 3),
+        return_deviations=st.booleans(),
+    )
     adv = draw(st.booleans()) if advantages is None else advantages
     if adv or draw(st.booleans()):
         o["return_advantages"] = adv
@@ -251,16 +249,23 @@ def score_request(draw) -> dict:
     return body
 
 
-def tokens_of(sample: dict, part: str) -> list[int] | None:
-    """The token ids the service reads (ids win over text); None for text outside the demo
-    alphabet, whose tokenisation this test does not predict."""
+@functools.cache
+def demo_tokenizer():
+    """The demo policy's own tokenizer: the one the server encodes text with."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(DEMO_POLICY)
+
+
+def tokens_of(sample: dict, part: str) -> list[int]:
+    """The token ids the service reads: the ids when given (ids win over text), else the text
+    tokenised as the service does it (the demo tokenizer, no special tokens). Not one token
+    per character: the demo tokenizer reads a run of newlines, e.g. "\\n\\n", as one token."""
     ids = sample.get(f"{part}_ids")
     if ids is not None:
         return list(ids)
     text = sample.get(part) or ""
-    if any(c not in DEMO_CHARS for c in text):
-        return None
-    return [DEMO_CHARS.index(c) + 3 for c in text]
+    return list(demo_tokenizer()(text, add_special_tokens=False)["input_ids"]) if text else []
 
 
 def check_score_response(body: dict, out: dict, all_ok: bool) -> None:
@@ -281,8 +286,7 @@ def check_score_response(body: dict, out: dict, all_ok: bool) -> None:
             continue
         assert "error" not in res
         n = res["num_tokens"]
-        response = tokens_of(s, "response")
-        assert len(res["token_rewards"]) == n and n == (n if response is None else len(response))
+        assert len(res["token_rewards"]) == n == len(tokens_of(s, "response")), (s, res)
         rewards = res["token_rewards"]
         assert all(math.isfinite(x) and abs(x) <= beta * (1 + 1e-9) for x in rewards), rewards
         if out["normalization"] == "unilateral":
@@ -606,8 +610,7 @@ def trajectory(draw, tid: str, states: list) -> dict:
         {"state": st.sampled_from(states)},
         optional={"action": json_value, "reward": reward_num}), max_size=6))
     t: dict = {"id": tid, "steps": steps, "final_state": draw(st.sampled_from(states))}
-    if draw(st.booleans()):
-        t["final_reward"] = draw(reward_num)
+    draw_optional(draw, t, final_reward=reward_num)
     outcome = draw(st.sampled_from([{}, {"success": True}, {"truncated": True},
                                     {"success": False, "truncated": False}]))
     t.update(outcome)

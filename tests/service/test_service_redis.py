@@ -7,25 +7,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
-import pytest
-import redis
 from live_server import REPO, Server, free_port
-from service_helpers import demo_sample
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture
-def prefix():
-    p = f"flowfield-test-{uuid.uuid4().hex[:10]}"
-    yield p
-    r = redis.Redis.from_url(REDIS_URL)
-    keys = list(r.scan_iter(f"{p}:*"))
-    if keys:
-        r.delete(*keys)
+from service_helpers import REDIS_URL, demo_sample
 
 
 def test_two_scorers_and_one_learner_agree_after_an_update(tmp_path, prefix):

@@ -27,37 +27,24 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 MAX_BODY = 65536
 
 
+def _score_key_server(tmp_path_factory, name: str, **env: str):
+    """A service with only a score key and no learner, plus `env`."""
+    env = {"FLOWFIELD_SCORE_API_KEY": KEY, "FLOWFIELD_LEARNER": "false", **env}
+    with Server(tmp_path_factory.mktemp(name), name=name, env=env) as srv:
+        yield srv
+
+
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory):
     """Only a score key, a small body limit and a short body read timeout."""
-    srv = Server(
-        tmp_path_factory.mktemp("keyed"),
-        name="keyed",
-        env={
-            "FLOWFIELD_SCORE_API_KEY": KEY,
-            "FLOWFIELD_LEARNER": "false",
-            "FLOWFIELD_BODY_READ_TIMEOUT_S": "1",
-            "FLOWFIELD_MAX_BODY_BYTES": str(MAX_BODY),
-        },
-    )
-    yield srv
-    srv.stop()
+    yield from _score_key_server(tmp_path_factory, "keyed", FLOWFIELD_BODY_READ_TIMEOUT_S="1",
+                                 FLOWFIELD_MAX_BODY_BYTES=str(MAX_BODY))
 
 
 @pytest.fixture(scope="module")
 def opted_in(tmp_path_factory):
     """Only a score key, with the update endpoints explicitly left open."""
-    srv = Server(
-        tmp_path_factory.mktemp("open"),
-        name="open",
-        env={
-            "FLOWFIELD_SCORE_API_KEY": KEY,
-            "FLOWFIELD_OPEN_UPDATE_ENDPOINTS": "true",
-            "FLOWFIELD_LEARNER": "false",
-        },
-    )
-    yield srv
-    srv.stop()
+    yield from _score_key_server(tmp_path_factory, "open", FLOWFIELD_OPEN_UPDATE_ENDPOINTS="true")
 
 
 def log_lines(srv: Server) -> list[dict]:

@@ -44,6 +44,7 @@ def test_sigterm_answers_503_json_at_the_drain_deadline_and_exits_in_time(tmp_pa
             "FLOWFIELD_SHUTDOWN_TIMEOUT_S": str(SHUTDOWN_TIMEOUT_S),
             "FLOWFIELD_DRAIN_MARGIN_S": str(DRAIN_MARGIN_S),
             "FLOWFIELD_BATCH_MAX_TOKENS": "64",  # one request per batch: they run in turn
+            "FLOWFIELD_UNIT_MAX_COST": "0",  # whole requests, not interleaved work units
             "FLOWFIELD_BATCH_WAIT_MS": "0",
         },
         name="drain-deadline",

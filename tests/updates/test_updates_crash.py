@@ -14,22 +14,13 @@ from pathlib import Path
 
 import pytest
 import redis
-from updates_support import (
-    REDIS_URL,
-    delete_prefix,
-    learner_env,
-    make_samples,
-    make_settings,
-    make_tiny_assets,
-    new_prefix,
-    redis_available,
-)
+from updates_support import REDIS_URL, learner_env, make_samples, make_settings, needs_redis
 
 from flowfield.checkpoint import read_metadata
 from service.updates.keys import RedisKeys
 from service.updates.queue import RedisStreamQueue
 
-pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+pytestmark = needs_redis
 
 N_SAMPLES = 60
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,14 +57,12 @@ async def enqueue_all(prefix: str) -> None:
         await q.close()
 
 
-def test_learner_killed_mid_commit_trains_every_sample_exactly_once(tmp_path):
-    prefix = new_prefix()
+def test_learner_killed_mid_commit_trains_every_sample_exactly_once(tmp_path, assets, prefix):
     keys = RedisKeys(prefix)
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     procs: list[subprocess.Popen] = []
     logs = [tmp_path / "learner-a.log", tmp_path / "learner-b.log"]
     try:
-        assets = make_tiny_assets(tmp_path / "assets")
         settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=8,
                                  learner_block_ms=200, learner_reclaim_idle_ms=1000)
         store_dir = Path(settings.checkpoint_dir)
@@ -134,4 +123,3 @@ def test_learner_killed_mid_commit_trains_every_sample_exactly_once(tmp_path):
                 p.kill()
                 p.wait(10)
         r.close()
-        delete_prefix(prefix)

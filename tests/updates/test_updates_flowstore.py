@@ -4,53 +4,39 @@ exactly-once publish script."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 import torch
-from updates_support import (
-    REDIS_URL,
-    delete_prefix,
-    make_samples,
-    make_tiny_assets,
-    new_prefix,
-    redis_available,
-)
+from updates_support import REDIS_URL, make_samples, needs_redis
 
 from flowfield.checkpoint import read_metadata
 from flowfield.flownet import FlowNet
 from service.updates.flowstore import LEARNER_STATE, CommitConflict, FlowStore, FlowStoreConfig
 from service.updates.queue import RedisStreamQueue
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return make_tiny_assets(tmp_path_factory.mktemp("flowstore-assets"))
-
-
-@pytest.fixture
-def prefix():
-    p = new_prefix()
-    yield p
-    if redis_available():
-        delete_prefix(p)
-
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=needs_redis)])
-def make_store(request, assets, tmp_path, prefix):
-    """Builds the store inside the running event loop (Redis clients bind to it)."""
+def open_store(request, assets, tmp_path, prefix):
+    """`async with open_store(**config) as store:` builds the store inside the running event
+    loop (Redis clients bind to it) and closes it at the end."""
 
-    def build(**kwargs) -> FlowStore:
+    @contextlib.asynccontextmanager
+    async def build(**kwargs) -> AsyncIterator[FlowStore]:
         client = None
         if request.param == "redis":
             client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
         config = FlowStoreConfig(tmp_path / "ckpt", assets.flow_dir, prefix=prefix,
                                  record_ttl_s=60, **kwargs)
-        return FlowStore(config, client)
+        store = FlowStore(config, client)
+        try:
+            yield store
+        finally:
+            await store.close()
 
     return build
 
@@ -66,10 +52,9 @@ def perturbed(store: FlowStore, version: int, seed: int) -> tuple[FlowNet, objec
     return net, meta
 
 
-def test_versions_write_publish_load(make_store):
+def test_versions_write_publish_load(open_store):
     async def main() -> None:
-        store = make_store()
-        try:
+        async with open_store() as store:
             assert await store.current() == 0
             assert store.path(0) == store.initial_flow
             v0, meta0 = store.load(0)
@@ -99,16 +84,13 @@ def test_versions_write_publish_load(make_store):
             with pytest.raises(CommitConflict):
                 await store.publish(1)
             assert await store.current() == 1
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
 
-def test_orphans_and_old_versions_are_cleaned(make_store):
+def test_orphans_and_old_versions_are_cleaned(open_store):
     async def main() -> None:
-        store = make_store(keep_versions=2)
-        try:
+        async with open_store(keep_versions=2) as store:
             for v in (1, 2, 3):
                 store.write(*perturbed(store, v, seed=v), None)
                 await store.publish(v)
@@ -136,24 +118,21 @@ def test_orphans_and_old_versions_are_cleaned(make_store):
             assert all(torch.equal(a, b)
                        for a, b in zip(loaded.parameters(), net.parameters(), strict=True))
             assert not [p for p in store.root.iterdir() if p.name.startswith(".")]
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
 
-def test_watch_yields_new_versions(make_store):
+def test_watch_yields_new_versions(open_store):
     async def main() -> None:
-        store = make_store(poll_s=0.2)
-        seen: list[int] = []
+        async with open_store(poll_s=0.2) as store:
+            seen: list[int] = []
 
-        async def follow() -> None:
-            async for v in store.watch(since=0):
-                seen.append(v)
-                if v >= 2:
-                    return
+            async def follow() -> None:
+                async for v in store.watch(since=0):
+                    seen.append(v)
+                    if v >= 2:
+                        return
 
-        try:
             task = asyncio.create_task(follow())
             await asyncio.sleep(0.05)
             for v in (1, 2):
@@ -162,8 +141,6 @@ def test_watch_yields_new_versions(make_store):
                 await asyncio.sleep(0.05)
             await asyncio.wait_for(task, 5)
             assert seen == [1, 2]
-        finally:
-            await store.close()
 
     asyncio.run(main())
 
@@ -265,10 +242,9 @@ def test_redis_publish_is_atomic_and_exactly_once(assets, tmp_path, prefix):
     asyncio.run(main())
 
 
-def test_learner_state_round_trips_with_torch_tensors(make_store):
+def test_learner_state_round_trips_with_torch_tensors(open_store):
     async def main() -> None:
-        store = make_store()
-        try:
+        async with open_store() as store:
             net, meta = perturbed(store, 1, seed=1)
             opt = torch.optim.Adam(net.parameters(), lr=1e-3, betas=(0.9, 0.95))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
@@ -283,7 +259,5 @@ def test_learner_state_round_trips_with_torch_tensors(make_store):
             assert (store.path(1) / LEARNER_STATE).is_file()
             exp = back["optimizer"]["state"][0]["exp_avg"]
             assert torch.equal(exp, opt.state_dict()["state"][0]["exp_avg"])
-        finally:
-            await store.close()
 
     asyncio.run(main())

@@ -15,30 +15,20 @@ import torch
 from updates_support import (
     FRACTIONS,
     REDIS_URL,
-    delete_prefix,
     learner_config,
     make_samples,
     make_settings,
-    make_tiny_assets,
-    new_prefix,
-    redis_available,
+    needs_redis,
+    queue_and_store,
 )
 
 from flowfield.checkpoint import read_metadata
 from flowfield.encoder import LatentEncoder
 from service.metrics import LEARNER_STEPS, SAMPLES_TRAINED
 from service.settings import Settings
-from service.updates.flowstore import FlowStore, FlowStoreConfig
+from service.updates.flowstore import FlowStoreConfig
 from service.updates.learner import Learner, LearnerConfig
-from service.updates.queue import make_queue
 from service.updates.types import UpdateSample
-
-needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return make_tiny_assets(tmp_path_factory.mktemp("learner-assets"))
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +36,16 @@ def encoder(assets):
     return LatentEncoder(assets.model_dir, FRACTIONS)
 
 
-@pytest.fixture
-def prefix():
-    p = new_prefix()
-    yield p
-    if redis_available():
-        delete_prefix(p)
-
-
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])
 def settings(request, assets, tmp_path, prefix):
     url = REDIS_URL if request.param == "redis" else None
     return make_settings(assets, tmp_path / "ckpt", url, prefix, learner_batch=8)
+
+
+@pytest.fixture
+def redis_settings(assets, tmp_path, prefix):
+    """Redis settings with batches of 4, for the tests of the single-learner lock."""
+    return make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
 
 
 async def drain(learners: list[Learner], queue, timeout: float = 60) -> None:
@@ -79,11 +67,9 @@ async def drain(learners: list[Learner], queue, timeout: float = 60) -> None:
 
 def test_learner_trains_publishes_and_resumes(settings, encoder):
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        steps_before = LEARNER_STEPS._value.get()
-        trained_before = SAMPLES_TRAINED._value.get()
-        try:
+        async with queue_and_store(settings) as (queue, store):
+            steps_before = LEARNER_STEPS._value.get()
+            trained_before = SAMPLES_TRAINED._value.get()
             await queue.enqueue("u1", make_samples(12))
             await queue.enqueue("u2", make_samples(8, start=12))
             learner = Learner(encoder, store, queue, learner_config(settings, "learner-1"))
@@ -130,18 +116,13 @@ def test_learner_trains_publishes_and_resumes(settings, encoder):
             assert await store.current() == version + 2
             meta = read_metadata(store.path(version + 2))
             assert meta.samples_trained == 27 and meta.encoder["revision"] == "step-2"
-        finally:
-            await queue.close()
-            await store.close()
 
     asyncio.run(main())
 
 
 def test_untrainable_samples_are_dropped_not_retried(settings, encoder):
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        try:
+        async with queue_and_store(settings) as (queue, store):
             good = make_samples(3)
             bad = [
                 UpdateSample("bad-vocab", [1, 2], [3, 9999], 1.0),
@@ -162,23 +143,18 @@ def test_untrainable_samples_are_dropped_not_retried(settings, encoder):
             await queue.enqueue("u2", bad)
             await drain([learner], queue)
             assert await store.current() == 1
-        finally:
-            await queue.close()
-            await store.close()
 
     asyncio.run(main())
 
 
 @needs_redis
-def test_only_one_redis_learner_trains(assets, encoder, tmp_path, prefix):
-    settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
+def test_only_one_redis_learner_trains(redis_settings, encoder):
+    settings = redis_settings
 
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        a = Learner(encoder, store, queue, learner_config(settings, "a", lock_ttl_ms=1000))
-        b = Learner(encoder, store, queue, learner_config(settings, "b", lock_ttl_ms=1000))
-        try:
+        async with queue_and_store(settings) as (queue, store):
+            a = Learner(encoder, store, queue, learner_config(settings, "a", lock_ttl_ms=1000))
+            b = Learner(encoder, store, queue, learner_config(settings, "b", lock_ttl_ms=1000))
             await queue.enqueue("u1", make_samples(16))
             await drain([a, b], queue)
             steps = sorted([a.stats.steps, b.stats.steps])
@@ -192,24 +168,20 @@ def test_only_one_redis_learner_trains(assets, encoder, tmp_path, prefix):
             await drain([a if steps[0] == a.stats.steps else b], queue)
             assert await store.current() == 5
             assert read_metadata(store.path(5)).samples_trained == 20
-        finally:
-            await queue.close()
-            await store.close()
 
     asyncio.run(main())
 
 
 @needs_redis
-def test_lost_lock_cannot_publish(assets, encoder, tmp_path, prefix):
+def test_lost_lock_cannot_publish(redis_settings, encoder):
     """A learner whose lock was taken over trains, but its publish is refused; the entries
     stay pending for the lock holder."""
-    settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
+    settings = redis_settings
 
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        learner = Learner(encoder, store, queue, learner_config(settings, "a", lock_ttl_ms=60_000))
-        try:
+        async with queue_and_store(settings) as (queue, store):
+            config = learner_config(settings, "a", lock_ttl_ms=60_000)
+            learner = Learner(encoder, store, queue, config)
             await queue.enqueue("u1", make_samples(4))
             assert await learner.lock.try_acquire()
             await store.redis.set(store.keys.lock, "someone-else")
@@ -221,9 +193,6 @@ def test_lost_lock_cannot_publish(assets, encoder, tmp_path, prefix):
             client = aioredis.Redis.from_url(REDIS_URL, decode_responses=True)
             assert (await client.xpending(store.keys.stream, "learners"))["pending"] == 4
             await client.aclose()
-        finally:
-            await queue.close()
-            await store.close()
 
     asyncio.run(main())
 
@@ -233,9 +202,7 @@ def test_directory_in_the_way_is_cleaned_and_batch_retrained(settings, encoder):
     keeps the batch, reloads, removes the orphan as lock holder and trains it once."""
 
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        try:
+        async with queue_and_store(settings) as (queue, store):
             learner = Learner(encoder, store, queue, learner_config(settings, "learner-1"))
             assert await learner.step_once() == 0  # loads version 0, queue empty
             net, meta = store.load(0)
@@ -251,9 +218,6 @@ def test_directory_in_the_way_is_cleaned_and_batch_retrained(settings, encoder):
             if settings.redis_url:
                 trained = await store.redis.hgetall(store.keys.trained)
                 assert trained == {f"s-{i}": "1" for i in range(4)}
-        finally:
-            await queue.close()
-            await store.close()
 
     asyncio.run(main())
 

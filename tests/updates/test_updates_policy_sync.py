@@ -14,13 +14,11 @@ from updates_support import (
     FRACTIONS,
     HIDDEN,
     REDIS_URL,
-    delete_prefix,
     learner_config,
     make_samples,
     make_settings,
-    make_tiny_assets,
-    new_prefix,
-    redis_available,
+    needs_redis,
+    queue_and_store,
 )
 
 from flowfield.checkpoint import policy_revision, read_metadata
@@ -34,12 +32,7 @@ from service.updates.learner import Learner, PolicyUnavailable
 from service.updates.policy import PolicyRecord, PolicySync
 from service.updates.queue import make_queue
 
-pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
-
-
-@pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    return make_tiny_assets(tmp_path_factory.mktemp("policy-assets"))
+pytestmark = needs_redis
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +40,6 @@ def new_policy(tmp_path_factory):
     """Same architecture as the assets' model (the flow fits it), other weights."""
     return save_tiny_model(tmp_path_factory.mktemp("policy-2") / "model", "llama", layers=4,
                            hidden=HIDDEN, seed=1)
-
-
-@pytest.fixture
-def prefix():
-    p = new_prefix()
-    yield p
-    delete_prefix(p)
 
 
 def load(settings, record: PolicyRecord) -> LatentEncoder:
@@ -120,46 +106,43 @@ def test_learner_follows_the_recorded_policy(settings_factory, prefix, new_polic
     settings = settings_factory(prefix, learner_batch=4)
 
     async def main() -> None:
-        queue = make_queue(settings)
-        store = FlowStore.from_settings(settings)
-        sync = PolicySync(store.redis, prefix)
-        encoder = LatentEncoder(settings.model_path, FRACTIONS)
-        old_label = encoder.identity.label()
-        learner = Learner(encoder, store, queue, learner_config(settings, "learner-p"), policy=sync,
-                          load_policy=lambda rec: load(settings, rec))
-        try:
-            assert await learner.lock.try_acquire()  # what run() does first
-            await queue.enqueue("u1", make_samples(4))
-            assert await learner.step_once() == 4
-            meta = read_metadata(store.path(1))
-            assert meta.extra["policy_revision"] == old_label
+        async with queue_and_store(settings) as (queue, store):
+            sync = PolicySync(store.redis, prefix)
+            encoder = LatentEncoder(settings.model_path, FRACTIONS)
+            old_label = encoder.identity.label()
+            learner = Learner(encoder, store, queue, learner_config(settings, "learner-p"),
+                              policy=sync, load_policy=lambda rec: load(settings, rec))
+            try:
+                assert await learner.lock.try_acquire()  # what run() does first
+                await queue.enqueue("u1", make_samples(4))
+                assert await learner.step_once() == 4
+                meta = read_metadata(store.path(1))
+                assert meta.extra["policy_revision"] == old_label
 
-            # samples queued under the old policy, then a new policy is recorded
-            await queue.enqueue("u2", make_samples(4, start=4))
-            rec = await sync.record(str(new_policy), "tiny", "step-2", "tiny@step-2")
-            assert await learner.step_once() == 4
-            assert learner.encoder.identity.label() == "tiny@step-2"
-            assert learner.policy_epoch == rec.epoch == 1
-            meta = read_metadata(store.path(2))
-            assert meta.extra["policy_revision"] == "tiny@step-2"
-            assert meta.encoder["revision"] == "step-2" and meta.samples_trained == 8
+                # samples queued under the old policy, then a new policy is recorded
+                await queue.enqueue("u2", make_samples(4, start=4))
+                rec = await sync.record(str(new_policy), "tiny", "step-2", "tiny@step-2")
+                assert await learner.step_once() == 4
+                assert learner.encoder.identity.label() == "tiny@step-2"
+                assert learner.policy_epoch == rec.epoch == 1
+                meta = read_metadata(store.path(2))
+                assert meta.extra["policy_revision"] == "tiny@step-2"
+                assert meta.encoder["revision"] == "step-2" and meta.samples_trained == 8
 
-            # a recorded policy the learner cannot load: nothing is trained, nothing is lost
-            await sync.record(str(tmp_path / "missing"), "tiny", "step-3", "tiny@step-3")
-            await queue.enqueue("u3", make_samples(4, start=8))
-            with pytest.raises(PolicyUnavailable, match="step-3"):
-                await learner.step_once()
-            assert learner.stats.policy_error and POLICY_IN_SYNC._value.get() == 0
-            assert await queue.pending() == 4 and await store.current() == 2
-            # recorded again, loadable this time: training resumes on it
-            await sync.record(str(new_policy), "tiny", "step-4", "tiny@step-4")
-            assert await learner.step_once() == 4
-            assert read_metadata(store.path(3)).extra["policy_revision"] == "tiny@step-4"
-            assert learner.stats.policy_error is None and POLICY_IN_SYNC._value.get() == 1
-        finally:
-            await learner.lock.release()
-            await queue.close()
-            await store.close()
+                # a recorded policy the learner cannot load: nothing is trained, nothing is lost
+                await sync.record(str(tmp_path / "missing"), "tiny", "step-3", "tiny@step-3")
+                await queue.enqueue("u3", make_samples(4, start=8))
+                with pytest.raises(PolicyUnavailable, match="step-3"):
+                    await learner.step_once()
+                assert learner.stats.policy_error and POLICY_IN_SYNC._value.get() == 0
+                assert await queue.pending() == 4 and await store.current() == 2
+                # recorded again, loadable this time: training resumes on it
+                await sync.record(str(new_policy), "tiny", "step-4", "tiny@step-4")
+                assert await learner.step_once() == 4
+                assert read_metadata(store.path(3)).extra["policy_revision"] == "tiny@step-4"
+                assert learner.stats.policy_error is None and POLICY_IN_SYNC._value.get() == 1
+            finally:
+                await learner.lock.release()
 
     asyncio.run(main())
 

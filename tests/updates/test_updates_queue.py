@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from updates_support import REDIS_URL, delete_prefix, make_samples, new_prefix, redis_available
+from updates_support import REDIS_URL, make_samples, needs_redis, new_prefix
 
 from service.settings import Settings
 from service.updates.keys import GROUP, RedisKeys
@@ -22,17 +22,7 @@ from service.updates.queue import (
 )
 from service.updates.types import UpdateSample
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
-
 QueueFactory = Callable[[], UpdateQueue]
-
-
-@pytest.fixture
-def prefix():
-    p = new_prefix()
-    yield p
-    if redis_available():
-        delete_prefix(p)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])

@@ -1,12 +1,16 @@
-"""Helpers shared by the tests/updates tests: tiny model + flow, settings, Redis prefixes."""
+"""Helpers shared by the tests/updates tests: tiny model + flow, settings, Redis prefixes
+(the fixtures built from them are in conftest.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pytest
 import redis
 from helpers import save_tiny_model  # tests/helpers.py; tests/ is on sys.path
 
@@ -14,7 +18,9 @@ from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 from service.settings import Settings
+from service.updates.flowstore import FlowStore
 from service.updates.learner import LearnerConfig
+from service.updates.queue import UpdateQueue, make_queue
 from service.updates.types import UpdateSample
 
 REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -28,6 +34,9 @@ def redis_available() -> bool:
         return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
     except redis.RedisError:
         return False
+
+
+needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
 
 
 def new_prefix() -> str:
@@ -74,6 +83,19 @@ def make_settings(assets: TinyAssets, checkpoint_dir: Path, redis_url: str | Non
 def learner_config(settings: Settings, name: str, **overrides) -> LearnerConfig:
     """The learner's config from `settings`, with this consumer name (and overrides)."""
     return LearnerConfig.from_settings(settings, name=name, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def queue_and_store(settings: Settings) -> AsyncIterator[tuple[UpdateQueue, FlowStore]]:
+    """The update queue and flow store of `settings` (built inside the running event loop,
+    which their Redis clients bind to), both closed on exit."""
+    queue = make_queue(settings)
+    store = FlowStore.from_settings(settings)
+    try:
+        yield queue, store
+    finally:
+        await queue.close()
+        await store.close()
 
 
 def make_samples(n: int, start: int = 0, tag: str = "s") -> list[UpdateSample]:

@@ -47,6 +47,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from flowfield_client.adapters._base import RewardAdapterBase
 from flowfield_client.client import FlowfieldClient
 from flowfield_client.errors import FlowfieldError
 from flowfield_client.models import Sample
@@ -56,7 +57,7 @@ log = logging.getLogger("flowfield_client.openrlhf")
 Verifier = Callable[[str, str, Any], float]  # (prompt, response, label) -> outcome reward
 
 
-class FlowfieldOpenRLHFReward:
+class FlowfieldOpenRLHFReward(RewardAdapterBase[FlowfieldClient]):
     """OpenRLHF reward function. Call it as `reward_func(queries, prompts, labels)`.
 
     Args:
@@ -72,6 +73,8 @@ class FlowfieldOpenRLHFReward:
         strict_updates: raise when /update fails (default: log and go on).
         return_tensors: torch tensors (default when torch imports) or lists.
     """
+
+    client_class = FlowfieldClient
 
     def __init__(
         self,
@@ -90,29 +93,21 @@ class FlowfieldOpenRLHFReward:
     ) -> None:
         if push_accepted and verifier is None:
             raise ValueError("push_accepted needs a verifier")
-        self._client = client if isinstance(client, FlowfieldClient) else None
-        self._urls = None if isinstance(client, FlowfieldClient) else client
-        self._client_kwargs = dict(client_kwargs or {})
-        self.verifier = verifier
-        self.add_verifier = add_verifier
-        self.flow_weight = float(flow_weight)
-        self.push_accepted = verifier is not None if push_accepted is None else push_accepted
-        self.accept_threshold = float(accept_threshold)
+        super().__init__(
+            client, verifier=verifier, add_verifier=add_verifier, flow_weight=flow_weight,
+            push_accepted=push_accepted, accept_threshold=accept_threshold,
+            score_options=score_options, strict_updates=strict_updates, client_kwargs=client_kwargs,
+        )
         self.strip = tuple(strip)
-        self.score_options = dict(score_options or {})
-        self.strict_updates = strict_updates
         self.return_tensors = return_tensors
-        self.run_id = uuid.uuid4().hex[:12]
         self.calls = 0
         self.update_results: list[Any] = []
         self._lock = threading.Lock()  # OpenRLHF calls from several threads at once
 
     @property
     def client(self) -> FlowfieldClient:
-        with self._lock:
-            if self._client is None:
-                self._client = FlowfieldClient(self._urls, **self._client_kwargs)
-            return self._client
+        with self._lock:  # the first calls may come from several threads at once
+            return super().client
 
     def __call__(
         self,

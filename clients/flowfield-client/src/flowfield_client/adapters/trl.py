@@ -37,11 +37,11 @@ from __future__ import annotations
 
 import inspect
 import logging
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flowfield_client.adapters._base import RewardAdapterBase
 from flowfield_client.client import AsyncFlowfieldClient
 from flowfield_client.errors import FlowfieldError
 from flowfield_client.models import Sample
@@ -67,7 +67,7 @@ class RewardStats:
     last_flow_returns: list[float | None] = field(default_factory=list)
 
 
-class FlowfieldReward:
+class FlowfieldReward(RewardAdapterBase[AsyncFlowfieldClient]):
     """The state and logic behind `flowfield_reward_func` (call it, or pass `.func` to TRL).
 
     Args:
@@ -92,6 +92,8 @@ class FlowfieldReward:
         client_kwargs: passed to `AsyncFlowfieldClient` when `client` is a URL.
     """
 
+    client_class = AsyncFlowfieldClient
+
     def __init__(
         self,
         client: AsyncFlowfieldClient | str | Sequence[str] | None = None,
@@ -111,14 +113,11 @@ class FlowfieldReward:
     ) -> None:
         if verifier is None and (add_verifier or push_accepted):
             raise ValueError("add_verifier and push_accepted need a verifier")
-        self._client = client if isinstance(client, AsyncFlowfieldClient) else None
-        self._urls = None if isinstance(client, AsyncFlowfieldClient) else client
-        self._client_kwargs = dict(client_kwargs or {})
-        self.verifier = verifier
-        self.add_verifier = add_verifier
-        self.flow_weight = float(flow_weight)
-        self.push_accepted = verifier is not None if push_accepted is None else push_accepted
-        self.accept_threshold = float(accept_threshold)
+        super().__init__(
+            client, verifier=verifier, add_verifier=add_verifier, flow_weight=flow_weight,
+            push_accepted=push_accepted, accept_threshold=accept_threshold,
+            score_options=score_options, strict_updates=strict_updates, client_kwargs=client_kwargs,
+        )
         self._eos_given = eos_token_ids is not None
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids or ())
         self.tokenizer = None
@@ -127,10 +126,7 @@ class FlowfieldReward:
         self.tools: list[Any] | None = None
         if tokenizer is not None:
             self._set_tokenizer(tokenizer)
-        self.score_options = dict(score_options or {})
-        self.strict_updates = strict_updates
         self.name = name
-        self.run_id = uuid.uuid4().hex[:12]
         self.stats = RewardStats()
 
     def bind(self, trainer: Any) -> FlowfieldReward:
@@ -151,12 +147,6 @@ class FlowfieldReward:
         eos = getattr(tokenizer, "eos_token_id", None)
         if not self._eos_given and isinstance(eos, int):
             self.eos_token_ids = frozenset([eos])
-
-    @property
-    def client(self) -> AsyncFlowfieldClient:
-        if self._client is None:
-            self._client = AsyncFlowfieldClient(self._urls, **self._client_kwargs)
-        return self._client
 
     @property
     def func(self) -> Callable[..., Awaitable[list[float | None]]]:
