@@ -41,13 +41,28 @@ class ScoreOptions:
     noise_draws: int = 1
 
     def __post_init__(self) -> None:
-        if not self.timesteps:
-            raise ValueError("timesteps must not be empty")
-        for t in self.timesteps:
-            if not 0.0 < t < 1.0:
-                raise ValueError(f"timesteps must lie strictly between 0 and 1, got {t}")
+        check_timesteps(self.timesteps)
         if self.noise_draws < 1:
-            raise ValueError("noise_draws must be >= 1")
+            raise OptionError("noise_draws must be >= 1", "noise_draws")
+
+
+class OptionError(ValueError):
+    """A scoring option out of its range; `field` names it (e.g. "timesteps[1]")."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def check_timesteps(timesteps: Sequence[float]) -> None:
+    """The one rule for rewarding timesteps: at least one, each strictly inside (0, 1)."""
+    if not timesteps:
+        raise OptionError("timesteps must not be empty", "timesteps")
+    for i, t in enumerate(timesteps):
+        if not 0.0 < t < 1.0:
+            raise OptionError(
+                f"timesteps must lie strictly between 0 and 1, got {t}", f"timesteps[{i}]"
+            )
 
 
 @dataclass

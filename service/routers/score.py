@@ -5,7 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from flowfield.rewards import RewardOptions
-from flowfield.scorer import FlowScorer, ScoreOptions, outcome_groups
+from flowfield.scorer import (
+    FlowScorer,
+    OptionError,
+    ScoreOptions,
+    check_timesteps,
+    outcome_groups,
+)
 from service import metrics
 from service.auth import require
 from service.errors import ApiError
@@ -36,14 +42,10 @@ def _reward_options(
 
 def _timesteps(req: ScoreRequest, settings: Settings) -> tuple[float, ...]:
     ts = tuple(float(t) for t in (req.options.timesteps or settings.timesteps))
-    for i, t in enumerate(ts):
-        if not 0.0 < t < 1.0:
-            raise ApiError(
-                422,
-                "invalid_option",
-                f"timesteps must lie strictly between 0 and 1, got {t}",
-                f"options.timesteps[{i}]",
-            )
+    try:
+        check_timesteps(ts)  # the library's rule, answered 422 naming the option
+    except OptionError as e:
+        raise ApiError(422, "invalid_option", str(e), f"options.{e.field}") from None
     return ts
 
 
