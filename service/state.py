@@ -151,10 +151,17 @@ class ServiceState:
         self._stop.set()
         if self.scheduler:
             await self.scheduler.stop()
-        for t in self._tasks:
-            if t.get_name() in ("flow-watch", "policy-watch"):
-                t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        watchers = [t for t in self._tasks if t.get_name() in ("flow-watch", "policy-watch")]
+        for t in watchers:
+            t.cancel()
+        # the learner finishes its step; a watcher gets a few seconds to end (it holds no
+        # work), so a stuck Redis call cannot hold the shutdown
+        others = [t for t in self._tasks if t not in watchers]
+        await asyncio.gather(*others, return_exceptions=True)
+        if watchers:
+            _, stuck = await asyncio.wait(watchers, timeout=5.0)
+            for t in stuck:
+                log.warning("%s did not stop within 5 s; left behind", t.get_name())
         for closable in (self.queue, self.store):
             if closable is not None:
                 try:

@@ -157,5 +157,7 @@ class PolicySync:
                 failing = True
                 await asyncio.sleep(min(self.poll_s, 1.0))
             finally:
+                # bounded: on cancellation (shutdown) a close that waits on the cancelled read
+                # would keep the task, and ServiceState.stop, waiting forever
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 2.0)
