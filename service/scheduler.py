@@ -387,6 +387,7 @@ class ScoreScheduler:
                 j.future.set_exception(ShuttingDown("the service is shutting down; retry"))
                 failed += len(j.responses)
             j.units.clear()
+            j.queued_samples = 0  # counted out below; a later _drop must not subtract again
         self._jobs.clear()
         self._queued_samples = 0
         metrics.SCORE_QUEUE_DEPTH.set(0)
