@@ -3,8 +3,7 @@
 Schemathesis reads `/openapi.json` from a running `flowfield serve` (the demo policy and flow,
 in-process queue and learner: tests/service/conftest.py) and generates valid and invalid
 requests for every operation (its examples, coverage and fuzzing phases, a small budget per
-operation). Each response must pass (except the known 500s of `known_bug`, counted and kept as
-strict xfails in test_service_properties.py):
+operation). Each response must pass:
 
 - `not_a_server_error`: never a 5xx;
 - `response_schema_conformance`: a documented status answers with a body of its schema;
@@ -23,7 +22,6 @@ on two CPU cores. A failure prints the request to reproduce it (a curl command).
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 
 import pytest
@@ -63,7 +61,6 @@ DOCUMENTED_CODES = {
 # what the single pass saw, for the summary and the declared-responses test below
 SEEN: Counter = Counter()  # (method path, status) -> requests
 UNDECLARED: dict[tuple[str, str], str] = {}  # (check, operation and status) -> failure
-KNOWN: Counter = Counter()  # known 500s (see known_bug) -> requests
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +84,6 @@ def _summary(server):
     print(f"\nopenapi fuzz: {sum(SEEN.values())} requests, by status "
           f"{dict(sorted(by_status.items()))}, 5xx: "
           f"{sum(n for s, n in by_status.items() if s >= 500)}")
-    for bug, n in sorted(KNOWN.items()):
-        print(f"  known 500 (strict xfail in test_service_properties.py), {n}x: {bug}")
     for (check, where), msg in sorted(UNDECLARED.items()):
         print(f"  not declared ({check}): {where}: {msg}")
 
@@ -111,46 +106,12 @@ def _error_shape(response: schemathesis.Response, label: str) -> None:
         UNDECLARED.setdefault(("error code", f"{label} {response.status_code}"), err.code)
 
 
-def _ints(value):
-    if isinstance(value, bool):
-        return
-    if isinstance(value, int):
-        yield value
-    elif isinstance(value, dict):
-        for v in value.values():
-            yield from _ints(v)
-    elif isinstance(value, list):
-        for v in value:
-            yield from _ints(v)
-
-
-def known_bug(case) -> str | None:
-    """A request that hits a 500 reported and kept as a strict xfail in
-    test_service_properties.py: the fuzz counts it instead of failing on it."""
-    body = case.body
-    if not isinstance(body, dict | list):
-        return None
-    if any(abs(i) > sys.float_info.max for i in _ints(body)):
-        return "a JSON integer beyond float range (OverflowError in float())"
-    if case.path == "/ui/render" and isinstance(body, dict):
-        for s in body.get("samples") if isinstance(body.get("samples"), list) else []:
-            for key in ("prompt_ids", "response_ids"):
-                ids = s.get(key) if isinstance(s, dict) else None
-                if isinstance(ids, list) and any(not 0 <= i < 2**32 for i in _ints(ids)):
-                    return "/ui/render: a token id outside [0, 2**32) (tokenizer decode)"
-    return None
-
-
 @schema.parametrize()
 def test_openapi_fuzz(case, http):
     """Never a 5xx; documented statuses match their schema; every 4xx is the error object."""
     response = case.call(session=http, timeout=60)
     label = f"{case.method} {case.path}"
     SEEN[(label, response.status_code)] += 1
-    bug = known_bug(case)
-    if bug is not None and response.status_code >= 500:
-        KNOWN[bug] += 1
-        return
     case.validate_response(response, checks=[not_a_server_error, response_schema_conformance])
     _error_shape(response, label)
     for check in (status_code_conformance, content_type_conformance):
@@ -180,5 +141,4 @@ def test_server_survived_the_fuzz(server, http):
                   json={"samples": [{"id": "a", "prompt_ids": [3, 4], "response_ids": [5, 6]}]})
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["status"] == "ok"
-    if not KNOWN:  # the known 500s log their traceback
-        assert "unhandled error" not in server.log()
+    assert "unhandled error" not in server.log()
