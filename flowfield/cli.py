@@ -149,6 +149,11 @@ def eval_command(
     html_out: Path = typer.Option(None, "--html", help="write the token-reward view here"),
     html_rollouts: int = typer.Option(40, help="rollouts per flow in the HTML view"),
     device: str = typer.Option("cpu", help="cpu or cuda"),
+    dtype: str = typer.Option(
+        None,
+        help="encoder and flow dtype: float32, bfloat16 or auto (default: bf16 on cuda, "
+        "float32 on cpu); the rollouts and logit baselines are the same in every dtype",
+    ),
     threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
 ) -> None:
     """Reward quality: AUROC of flow scores vs logit baselines, localisation, token classes."""
@@ -192,6 +197,7 @@ def eval_command(
             else None,
             logits=logits,
             device=device,
+            dtype=dtype,
         )
         result = run_evaluation(cfg)
     except (OSError, ValueError) as e:

@@ -38,9 +38,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
     DynamicCache,
+    PretrainedConfig,
     PreTrainedTokenizerBase,
 )
 from transformers.cache_utils import DynamicLayer
+
+from flowfield.precision import Precision, dtype_name, resolve_dtype
 
 log = logging.getLogger("flowfield.encoder")
 
@@ -196,19 +199,30 @@ def _revision_of(path: Path) -> str:
     return h.hexdigest()[:8]
 
 
+def _gemm_shape(config: PretrainedConfig) -> tuple[int, int]:
+    """(hidden size, MLP size) of a decoder config: the shape `auto` times its GEMM at."""
+    d = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 512)
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+    return d, int(inner or 4 * d)
+
+
 class LatentEncoder:
     def __init__(
         self,
         path: str | Path,
         layer_fractions: Sequence[float] = DEFAULT_LAYER_FRACTIONS,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
         name: str | None = None,
         revision: str | None = None,
         max_batch_tokens: int = 16384,
         share_prompts: bool = True,
     ) -> None:
-        """share_prompts: encode a prompt shared by several samples once (KV reuse)."""
+        """share_prompts: encode a prompt shared by several samples once (KV reuse).
+
+        dtype: a torch dtype, or "float32", "bfloat16" or "auto" (bf16 where it measures
+        faster, see flowfield.precision); None: bf16 on cuda, float32 elsewhere. The chosen
+        dtype and why are in `precision`."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -216,12 +230,16 @@ class LatentEncoder:
             )
         self.path = path
         self.device = torch.device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.dtype = dtype
         config = AutoConfig.from_pretrained(path)
         if getattr(config, "is_encoder_decoder", False):
             raise ValueError(f"{path}: encoder-decoder models are not supported")
+        if dtype is None:  # the library's default: bf16 on cuda, float32 elsewhere
+            dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if isinstance(dtype, str):  # "float32", "bfloat16" or "auto" (measured, see precision)
+            self.precision = resolve_dtype(dtype, self.device, _gemm_shape(config))
+        else:
+            self.precision = Precision(dtype, dtype_name(dtype), "requested")
+        self.dtype = dtype = self.precision.dtype
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         self.tokenizer: PreTrainedTokenizerBase | None = _load_tokenizer(path)
         self.config = self.model.config

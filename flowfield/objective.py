@@ -11,9 +11,11 @@ flattened into one batch of rows so the network runs once.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -155,20 +157,11 @@ class NoiseBank:
             return out
 
 
-def token_deviations(
-    net: nn.Module,
-    h: torch.Tensor,
-    ctx: torch.Tensor,
-    positions: torch.Tensor,
-    layer_fractions: Sequence[float],
-    timesteps: Sequence[float],
-    noise: NoiseBank,
-    noise_draws: int = 1,
-    max_rows: int = 1 << 16,
-    fixed_rows: int = 0,
-    check: Callable[[], None] | None = None,
-) -> torch.Tensor:
+def token_deviations(net: nn.Module, h: torch.Tensor, *args: Any, **options: Any) -> torch.Tensor:
     """Raw per-token deviation e for N packed tokens: [N] (float32).
+
+    The arguments are `deviation_sum`'s: (net, h, ctx, positions, layer_fractions,
+    timesteps, noise, noise_draws=1, max_rows=..., fixed_rows=0, check=None), all pairs.
 
     e = mean over timesteps t, noise draws j and layers l of
         t/(1-t) * (1/d) ||v(t h + (1-t) eps, t, c, l) - (h - eps)||^2
@@ -187,23 +180,12 @@ def token_deviations(
     fixed_rows, the same operations in the same order as summing the pairs in several parts.
     """
     L, N, _ = h.shape
-    T, K = len(timesteps), noise_draws
     if N == 0:
         return torch.zeros(0)
-    total = deviation_sum(
-        net,
-        h,
-        ctx,
-        positions,
-        layer_fractions,
-        timesteps,
-        noise,
-        noise_draws,
-        max_rows=max_rows,
-        fixed_rows=fixed_rows,
-        check=check,
-    )
-    return total / (T * K * L)
+    bound = inspect.signature(deviation_sum).bind(net, h, *args, **options)
+    bound.apply_defaults()
+    pairs = len(bound.arguments["timesteps"]) * bound.arguments["noise_draws"]
+    return deviation_sum(*bound.args, **bound.kwargs) / (pairs * L)
 
 
 def deviation_sum(
@@ -240,13 +222,18 @@ def deviation_sum(
     if not 0 <= lo < hi <= T * K:
         raise ValueError(f"pairs {(lo, hi)} outside [0, {T * K})")
     P = hi - lo
-    device, dtype = h.device, h.dtype
+    device = h.device
     if N == 0:
         return torch.zeros(0, device=device)
+    # The path and the target velocity are formed in float32 whatever the network's dtype:
+    # e is the small residual of two large vectors, so in bf16 the rounding of x_t, u and eps
+    # would be a visible share of it; only the network's inputs and arithmetic are in its dtype.
+    net_dtype = next(net.parameters()).dtype
+    h, ctx = h.float(), ctx.to(net_dtype)
     max_len = int(positions.max().item()) + 1
     # eps slot p = t*K + k for timestep t, draw k: independent across timesteps and draws
     bank = noise.take(P, L, max_len, first=lo)  # [P, L, max_len, d]
-    eps = bank[:, :, positions.cpu()].to(device=device, dtype=dtype)  # [P, L, N, d]
+    eps = bank[:, :, positions.cpu()].to(device=device, dtype=torch.float32)  # [P, L, N, d]
     ts = torch.tensor(timesteps, dtype=torch.float32, device=device)
     lf = torch.tensor(layer_fractions, dtype=torch.float32, device=device)
     pair_t = torch.arange(lo, hi, device=device) // K  # timestep index of each pair
@@ -258,7 +245,7 @@ def deviation_sum(
 
     x1, c, eps = (a.reshape(-1, d) for a in (x1, c, eps))
     t_rows, l_rows = t_rows.reshape(-1), l_rows.reshape(-1)
-    xt = interpolate(x1, eps, t_rows)
+    xt = interpolate(x1, eps, t_rows).to(net_dtype)
     u = target_velocity(x1, eps)
     # the weight of each (pair, layer) slice: t/(1-t) of the pair's timestep
     w = score_weight(ts).repeat_interleave(K * L)[lo * L : hi * L]  # [P*L]

@@ -267,23 +267,26 @@ def _takes(app: FastAPI, scope: Scope) -> bool:
     return any(route.matches(scope)[0] == Match.FULL for route in app.router.routes)
 
 
-_KNOWN = {
-    "/v1/score",
-    "/score",
-    "/v1/update",
-    "/update",
-    "/v1/flow",
-    "/v1/policy",
-    "/v1/score/graph",
-    "/get_reward",
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/docs",
-    "/openapi.json",
-    "/ui",
-    "/ui/render",
-}
+# the paths of the OpenAPI spec, exactly (tests/service/test_service_api.py checks the served
+# spec against this set)
+DOCUMENTED_PATHS = frozenset(
+    {
+        "/v1/score",
+        "/v1/update",
+        "/v1/flow",
+        "/v1/policy",
+        "/v1/score/graph",
+        "/get_reward",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/ui",
+        "/ui/render",
+    }
+)
+# the endpoint labels of the request metrics: the documented paths, the undocumented aliases
+# /score and /update, and the docs pages
+_KNOWN = DOCUMENTED_PATHS | {"/score", "/update", "/docs", "/openapi.json"}
 
 
 def _record(path: str, status: int, seconds: float) -> None:

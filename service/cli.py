@@ -61,6 +61,11 @@ def serve(
     redis_url: str = typer.Option(None, help="Redis URL for the durable update queue"),
     no_learner: bool = typer.Option(False, help="do not train in this process"),
     log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING"),
+    dtype: str = typer.Option(
+        None,
+        help="float32, bfloat16 or auto (bf16 where it measures faster); default: bfloat16 on "
+        "cuda, float32 on cpu",
+    ),
 ) -> None:
     """Start the reward service (uvicorn). SIGTERM drains in-flight requests, then exits.
 
@@ -80,6 +85,7 @@ def serve(
             "flow_path": flow,
             "redis_url": redis_url,
             "log_level": log_level,
+            "dtype": dtype,
         }.items()
         if v is not None
     }

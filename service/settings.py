@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from flowfield.demo import ASSETS as DEMO_ASSETS
+from flowfield.precision import check_dtype_name
 from flowfield.rewards import NORMALIZATIONS
 
 
@@ -48,6 +49,14 @@ def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettings
     return source
 
 
+DTYPE_HELP = (
+    "encoder and flow dtype: float32, bfloat16 or auto; unset: bfloat16 on cuda, float32 on "
+    "cpu (every replica alike); auto: bf16 on cuda, and on a cpu only if it has native bf16 "
+    "instructions and a GEMM of the model's shape measures >= 1.3x faster at start (logged; "
+    "timing-based, so replicas on a busy machine may differ)"
+)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWFIELD_", extra="ignore")
 
@@ -59,7 +68,8 @@ class Settings(BaseSettings):
     layer_fractions: tuple[float, ...] = Field(
         (0.25, 0.5, 0.75), description="hooked depth fractions (JSON list)"
     )
-    device: str = Field("cpu", description="cpu or cuda (bf16 on cuda)")
+    device: str = Field("cpu", description="cpu or cuda")
+    dtype: str | None = Field(None, description=DTYPE_HELP)
     threads: int = Field(0, description="torch CPU threads (0 = torch default)")
     noise_seed: int = Field(0, description="seed of the fixed noise bank (deterministic rewards)")
 
@@ -167,6 +177,11 @@ class Settings(BaseSettings):
     update_id_ttl_s: int = Field(7 * 24 * 3600, description="how long update_ids are remembered")
 
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+
+    @field_validator("dtype")
+    @classmethod
+    def _dtype(cls, v: str | None) -> str | None:
+        return None if v is None else check_dtype_name(v)
 
     @field_validator("normalization")
     @classmethod

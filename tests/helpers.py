@@ -6,14 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
 
 from flowfield.demo.tokenizer import build_tokenizer
 
 VOCAB = 64
 
 
-def tiny_config(arch: str, layers: int = 8, hidden: int = 32):
+def tiny_config(arch: str, layers: int = 8, hidden: int = 32, **extra):
+    """A tiny config of `arch` (gpt2, llama, qwen2, mistral); `extra` adds or replaces config
+    keywords (e.g. mistral's sliding_window)."""
     if arch == "gpt2":
         return GPT2Config(
             vocab_size=VOCAB,
@@ -23,6 +25,7 @@ def tiny_config(arch: str, layers: int = 8, hidden: int = 32):
             n_positions=256,
             bos_token_id=1,
             eos_token_id=1,
+            **extra,
         )
     common = dict(
         vocab_size=VOCAB,
@@ -36,18 +39,21 @@ def tiny_config(arch: str, layers: int = 8, hidden: int = 32):
         eos_token_id=1,
         pad_token_id=0,
     )
+    common.update(extra)
     if arch == "llama":
         return LlamaConfig(**common)
     if arch == "qwen2":
         return Qwen2Config(**common)
+    if arch == "mistral":
+        return MistralConfig(**common)
     raise ValueError(arch)
 
 
 def save_tiny_model(
-    path: Path, arch: str, layers: int = 8, hidden: int = 32, seed: int = 0
+    path: Path, arch: str, layers: int = 8, hidden: int = 32, seed: int = 0, **extra
 ) -> Path:
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, hidden))
+    model = AutoModelForCausalLM.from_config(tiny_config(arch, layers, hidden, **extra))
     model.save_pretrained(str(path))
     build_tokenizer().save_pretrained(str(path))
     return path

@@ -2,10 +2,8 @@
 
 import pytest
 import torch
-from helpers import VOCAB, random_samples
-from transformers import AutoModelForCausalLM, MistralConfig
+from helpers import VOCAB, random_samples, save_tiny_model
 
-from flowfield.demo.tokenizer import build_tokenizer
 from flowfield.encoder import EncodedBatch, LatentEncoder
 
 ATOL = 1e-5
@@ -108,20 +106,7 @@ def test_forward_still_stops_after_the_deepest_hooked_block(llama_dir):
 
 
 def test_sliding_window_models_keep_the_plain_path(tmp_path):
-    cfg = MistralConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        sliding_window=16,
-        pad_token_id=0,
-    )
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(str(tmp_path))
-    build_tokenizer().save_pretrained(str(tmp_path))
+    save_tiny_model(tmp_path, "mistral", layers=4, hidden=32, sliding_window=16)
     enc = LatentEncoder(tmp_path)
     assert not enc.share_prompts
     prompts, responses = _grouped_workload()

@@ -23,6 +23,11 @@ rollouts), reference.py (the reference computation), driver.py (the live server 
 rounds, the agreement checks), report.py (the numbers, tables and the BENCHMARKS.md section),
 cli.py (the typer command `flowfield bench`).
 
+update.py is a second benchmark on the same footing: the online update path of the demo
+server (POST /v1/update -> new flow version served; /score throughput while the learner
+trains), run by `scripts/bench_update.py`; it writes its own BENCHMARKS.md section through
+report.replace_section's `title`.
+
 Heavy imports (torch, transformers, httpx, the library) are local to the functions that need
 them, so registering `bench` in the CLI does not slow down `flowfield --help`.
 """

@@ -30,10 +30,19 @@ class Reference:
         blocks: list[int],
         noise: NoiseBank,
         max_rows: int = 1 << 16,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
     ) -> None:
+        """device, dtype: where and in what the model and the flow run (as the library's)."""
+        import copy
+
+        import torch
         from transformers import AutoModelForCausalLM
 
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+        self.device = torch.device(device)
+        self.dtype = dtype or torch.float32
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=self.dtype)
+        self.model = self.model.to(self.device).eval()
         if max(blocks) >= self.model.config.num_hidden_layers - 1:
             # HF returns the last block's output after the final norm: not the raw stream
             raise ValueError(
@@ -41,7 +50,7 @@ class Reference:
                 f"the last block; hooked blocks {blocks} need more than "
                 f"{self.model.config.num_hidden_layers} layers"
             )
-        self.flow = flow.eval()
+        self.flow = copy.deepcopy(flow).to(device=self.device, dtype=self.dtype).eval()
         self.fractions = meta.config.layer_fractions
         self.context = meta.config.context
         self.blocks = blocks
@@ -68,6 +77,7 @@ class Reference:
             for b, s in enumerate(seqs):
                 ids[b, : len(s)] = torch.tensor(s)
                 mask[b, : len(s)] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
             out = self.model(
                 input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False
             )
@@ -82,7 +92,7 @@ class Reference:
             # noise index of position j in row b: its response index j - p_b (mod T elsewhere)
             starts = torch.tensor([len(p) for p in prompts])
             index = (torch.arange(T)[None, :] - starts[:, None]) % T  # [B, T]
-            e = self.every_position(h, ctx, index, timesteps)  # [B, T]
+            e = self.every_position(h, ctx, index, timesteps).cpu()  # [B, T]
             return [
                 e[b, len(p) : len(p) + len(r)] for b, (p, r) in enumerate(zip(prompts, responses))
             ]
@@ -99,18 +109,21 @@ class Reference:
 
         L, B, T, d = h.shape
         S = len(timesteps)
-        eps = self.noise.take(S, L, T)[:, :, index]  # [S, L, B, T, d]
-        t = torch.tensor(timesteps)[:, None, None, None, None]  # [S, 1, 1, 1, 1]
-        x1 = h[None]
-        xt = (t * x1 + (1 - t) * eps).reshape(-1, d)
+        dev = h.device
+        # the path and target in float32, the network in its dtype (as the library does)
+        eps = self.noise.take(S, L, T)[:, :, index.cpu()].to(dev)  # [S, L, B, T, d]
+        t = torch.tensor(timesteps, device=dev)[:, None, None, None, None]  # [S, 1, 1, 1, 1]
+        x1 = h[None].float()
+        xt = (t * x1 + (1 - t) * eps).reshape(-1, d).to(self.dtype)
         u = (x1 - eps).reshape(-1, d)
         c = ctx[None].expand(S, L, B, T, d).reshape(-1, d)
         t_rows = t.expand(S, L, B, T, 1).reshape(-1)
-        lf = torch.tensor(self.fractions)[None, :, None, None].expand(S, L, B, T).reshape(-1)
-        err = torch.empty(xt.shape[0])
+        lf = torch.tensor(self.fractions, device=dev)[None, :, None, None]
+        lf = lf.expand(S, L, B, T).reshape(-1)
+        err = torch.empty(xt.shape[0], device=dev)
         for s in range(0, xt.shape[0], self.max_rows):
             rows = slice(s, s + self.max_rows)
             v = self.flow(xt[rows], t_rows[rows], c[rows], lf[rows])
-            err[rows] = (v - u[rows]).pow(2).mean(dim=-1)
+            err[rows] = (v.float() - u[rows]).pow(2).mean(dim=-1)
         weight = t.reshape(S, 1, 1, 1) / (1 - t.reshape(S, 1, 1, 1))
         return (err.reshape(S, L, B, T) * weight).mean(dim=(0, 1))

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 SECTION = "## /score throughput"
 
 
-def machine_info() -> dict[str, Any]:
+def machine_info(device: str = "cpu") -> dict[str, Any]:
     import torch
 
     model = platform.processor() or platform.machine()
@@ -42,6 +42,11 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "platform": platform.platform(),
+        "accelerator": (
+            torch.cuda.get_device_name(torch.device(device))
+            if device.startswith("cuda") and torch.cuda.is_available()
+            else None
+        ),
     }
 
 
@@ -50,16 +55,32 @@ def summarise(
     timings: dict[str, Timing],
     checks: dict[str, float],
     encoder: LatentEncoder,
+    components: dict[str, Timing] | None = None,
+    gemm_gflops: float | None = None,
 ) -> dict[str, Any]:
+    """components: the library's encoder and flow halves timed apart; gemm_gflops: the rate
+    of a plain GEMM of the encoder's MLP shape in the same dtype (utilisation's denominator)."""
     rates = {p: t.rates() for p, t in timings.items()}
     cpu_rates = {p: t.cpu_rates() for p, t in timings.items()}
+
+    def achieved(t: Timing) -> dict[str, Any]:
+        if not t.flops:
+            return {}
+        gflops = statistics.median(t.gflops())
+        out: dict[str, Any] = {"median_gflops": gflops}
+        if gemm_gflops:
+            out["utilisation"] = gflops / gemm_gflops
+        return out
 
     def paired(a: str, b: str, r: dict[str, list[float]] = rates) -> float:
         return statistics.median(x / y for x, y in zip(r[a], r[b]))
 
     out: dict[str, Any] = {
         "config": dataclasses.asdict(cfg),
-        "machine": machine_info(),
+        "dtype": encoder.precision.name,
+        "dtype_reason": encoder.precision.reason,
+        "gemm_gflops": gemm_gflops,
+        "machine": machine_info(cfg.device),
         "model": {
             "type": "qwen2 (random init)",
             "parameters": sum(p.numel() for p in encoder.model.parameters()),
@@ -74,8 +95,18 @@ def summarise(
                 "best_tokens_per_s": max(rates[p]),
                 "cpu_seconds": t.cpu_seconds,
                 "median_tokens_per_cpu_s": statistics.median(cpu_rates[p]),
+                **achieved(t),
             }
             for p, t in timings.items()
+        },
+        "components": {
+            name: {
+                "seconds": t.seconds,
+                "median_tokens_per_s": statistics.median(t.rates()),
+                **achieved(t),
+            }
+            for name, t in (components or {}).items()
+            if t.seconds
         },
         "ratios": {
             "library_vs_reference": paired("library", "reference"),
@@ -100,26 +131,49 @@ def format_table(res: dict[str, Any]) -> str:
         "http": "service over HTTP (one POST /v1/score per group)",
     }
     lines = [
-        "| path | tokens/s (median) | tokens/s (best) | x reference | tokens per CPU-second |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| path | tokens/s (median) | tokens/s (best) | x reference | tokens per CPU-second "
+        "| GFLOP/s | utilisation |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for p, v in res["paths"].items():
         ratio = 1.0 if p == "reference" else res["ratios"][f"{p}_vs_reference"]
         lines.append(
             f"| {names[p]} | {v['median_tokens_per_s']:.0f} | {v['best_tokens_per_s']:.0f} | "
-            f"{ratio:.2f}x | {v['median_tokens_per_cpu_s']:.0f} |"
+            f"{ratio:.2f}x | {v['median_tokens_per_cpu_s']:.0f} | {_rate(v)} |"
+        )
+    parts = {"encoder": "library, encoder half (latents)", "flow": "library, flow half"}
+    for name, v in res.get("components", {}).items():
+        lines.append(
+            f"| {parts[name]} | {v['median_tokens_per_s']:.0f} | - | - | - | {_rate(v)} |"
         )
     return "\n".join(lines)
+
+
+def _rate(v: dict[str, Any]) -> str:
+    """'GFLOP/s | utilisation' cells of a path or component."""
+    if "median_gflops" not in v:
+        return "- | -"
+    util = f"{100 * v['utilisation']:.0f}%" if "utilisation" in v else "-"
+    return f"{v['median_gflops']:.1f} | {util}"
+
+
+def section_title(res: dict[str, Any]) -> str:
+    """`## /score throughput` for the float32 CPU run, with dtype and device otherwise."""
+    device, dtype = res["config"].get("device", "cpu"), res.get("dtype", "float32")
+    if device == "cpu" and dtype == "float32":
+        return SECTION
+    return f"{SECTION} ({dtype}, {device})"
 
 
 def markdown_section(res: dict[str, Any], command: str) -> str:
     c, m, r, chk = res["config"], res["machine"], res["ratios"], res["checks"]
     tokens = res["tokens_per_round"]
+    accel = f", {m['accelerator']}" if m.get("accelerator") else ""
     lines = [
-        SECTION,
+        section_title(res),
         "",
         f"- Command: `{command}`",
-        f"- Machine: {m['cpu']}, {m['cores']} cores, Python "
+        f"- Machine: {m['cpu']}, {m['cores']} cores{accel}, Python "
         f"{m['python']}, torch {m['torch']}, {c['threads']} torch threads for every path "
         f"(FLOWFIELD_THREADS={c['threads']} for the server); the paths take turns round by "
         "round, never at the same time; in-process paths run on one model thread, as the service "
@@ -139,7 +193,19 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
         "",
         f"- Library / reference: **{r['library_vs_reference']:.2f}x**; shared-prompt encoding "
         f"alone: {r['share_prompts_speedup']:.2f}x over share_prompts off",
+        f"- dtype: {res.get('dtype', 'float32')} ({res.get('dtype_reason', 'requested')}), every "
+        "path (reference included); the flow's path and target velocity in float32",
     ]
+    if res.get("gemm_gflops"):
+        lines.append(
+            f"- Utilisation = achieved GFLOP/s / {res['gemm_gflops']:.1f} GFLOP/s, the best rate "
+            f"of a plain [2048, {c['hidden']}] x [{c['hidden']}, {c['intermediate']}] GEMM in "
+            "the same dtype, threads and device, measured in the same run. FLOPs counted "
+            "(flowfield/bench/flops.py): every matrix product performed (causal attention, "
+            "padding where a path computes it, the reference's LM head, the flow's layers); "
+            "norms, activations and embeddings are not counted. The encoder and flow halves "
+            "are the library's two stages timed apart after each round"
+        )
     if "http_vs_reference" in r:
         lines.append(
             f"- Service end to end / reference: **{r['http_vs_reference']:.2f}x** (target >= 2x);"
@@ -169,10 +235,13 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def replace_section(path: Path, section: str) -> None:
-    """Put `section` in place of the file's `## /score throughput` section (or append it)."""
+def replace_section(path: Path, section: str, title: str = SECTION) -> None:
+    """Put `section` in place of the file's section headed `title` (by default `## /score
+    throughput`), from its heading to the next `## ` heading, or append it; the other
+    sections are left as they are. Other benchmarks (flowfield/bench/update.py) pass their
+    own heading."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
         text = text.rstrip("\n") + "\n"

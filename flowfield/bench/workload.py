@@ -8,35 +8,62 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowfield.cli_options import opt
+from flowfield.precision import check_dtype_name
+
 if TYPE_CHECKING:
     from flowfield.encoder import LatentEncoder
 
 
 @dataclass(frozen=True)
 class BenchConfig:
+    """End-to-end /score throughput vs. the reference computation (RLFR.md s8), as ratios.
+
+    Each field is an option of `flowfield bench` (flowfield/bench/cli.py)."""
+
     # workload: GRPO-like groups of responses sharing a prompt
-    groups: int = 4  # groups per measured round
-    group_size: int = 8
-    prompt_tokens: int = 128  # prompt lengths are uniform in +-12.5% around this
-    min_response: int = 64
-    max_response: int = 256
-    rounds: int = 4  # measured rounds, after one warm-up round
-    warmup_groups: int = 1
+    groups: int = opt(4, "groups per measured round")
+    group_size: int = opt(8, "responses per group (sharing one prompt)")
+    prompt_tokens: int = opt(128, "typical prompt length (+-12.5%)")
+    min_response: int = opt(64, "shortest response")
+    max_response: int = opt(256, "longest response")
+    rounds: int = opt(4, "measured rounds (after one warm-up round)")
+    warmup_groups: int = opt(1, "groups in the warm-up round")
     # policy: a random-initialised Qwen2
-    hidden: int = 512
-    layers: int = 8
-    heads: int = 8
-    kv_heads: int = 2
-    intermediate: int = 1536
-    vocab: int = 32000
+    hidden: int = opt(512, "policy hidden size d (and flow width W)")
+    layers: int = opt(8, "policy decoder blocks")
+    heads: int = opt(8, "attention heads")
+    kv_heads: int = opt(2, "key/value heads")
+    intermediate: int = opt(1536, "MLP size")
+    vocab: int = opt(32000, "vocabulary size")
     # flow: W = d
-    flow_depth: int = 4
-    timesteps: tuple[float, ...] = (0.8,)
+    flow_depth: int = opt(4, "flow residual blocks")
+    timesteps: tuple[float, ...] = opt((0.8,), "comma-separated flow timesteps")
     # runtime
-    threads: int = 2
-    batch_max_tokens: int = 32768  # the service's default FLOWFIELD_BATCH_MAX_TOKENS
-    http: bool = True
-    seed: int = 0
+    device: str = opt("cpu", "cpu or cuda (every path, the server too)")
+    dtype: str | None = opt(
+        None,
+        "float32, bfloat16 or auto, every path (default: bfloat16 on cuda, float32 on cpu); "
+        "BENCHMARKS.md gets one section per dtype and device",
+    )
+    threads: int = opt(2, "torch threads for every path (and the server)")
+    batch_max_tokens: int = opt(32768, "scheduler / encoder batch budget (the service's)")
+    http: bool = opt(True, "also measure the service over HTTP")
+    seed: int = opt(0, "weights and workload seed")
+
+    def check(self) -> None:
+        sizes = (self.groups, self.group_size, self.rounds, self.warmup_groups)
+        if min(sizes) < 1 or self.min_response > self.max_response:
+            raise ValueError("sizes must be positive and min-response <= max-response")
+        if self.dtype is not None:
+            check_dtype_name(self.dtype)
+
+
+def bench_dtype(cfg: BenchConfig) -> str:
+    """The dtype name every path runs in (`auto` resolved by the encoder, see driver)."""
+    if cfg.dtype is not None:
+        return cfg.dtype
+    return "bfloat16" if cfg.device.startswith("cuda") else "float32"
 
 
 @dataclass

@@ -30,33 +30,23 @@ def policy_config(
     vocab_size: int, pad_id: int, eos_id: int, arch: str = DEFAULT_ARCH
 ) -> PretrainedConfig:
     # ~0.6-0.8M parameters: small enough to train on two CPU cores in minutes and to commit.
-    if arch == "gpt2":
-        return GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=128,
-            n_layer=4,
-            n_head=4,
-            n_positions=128,
-            tie_word_embeddings=True,
-            pad_token_id=pad_id,
-            eos_token_id=eos_id,
-            bos_token_id=eos_id,
-        )
-    if arch != "llama":
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    return LlamaConfig(
+    # One size for both architectures, in the standard config names (GPT2Config maps them
+    # onto n_embd, n_layer, n_head and n_positions through its attribute_map).
+    common = dict(
         vocab_size=vocab_size,
         hidden_size=128,
-        intermediate_size=384,
         num_hidden_layers=4,
         num_attention_heads=4,
-        num_key_value_heads=4,
         max_position_embeddings=128,
         tie_word_embeddings=True,
         pad_token_id=pad_id,
         eos_token_id=eos_id,
-        bos_token_id=None,
     )
+    if arch == "gpt2":
+        return GPT2Config(**common, bos_token_id=eos_id)
+    if arch != "llama":
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return LlamaConfig(**common, intermediate_size=384, num_key_value_heads=4, bos_token_id=None)
 
 
 def new_policy(

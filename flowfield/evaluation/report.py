@@ -71,7 +71,8 @@ def format_report(report: dict, class_rows: int = 6) -> str:
         where = f"rollouts from {src['path']}"
     out.append(
         f"{where}\n{first['n']} rollouts: {first['n_correct']} correct, {first['n_incorrect']} "
-        f"incorrect (accuracy {_pct(first['accuracy'])}); encoder {setup['encoder']}; timesteps "
+        f"incorrect (accuracy {_pct(first['accuracy'])}); encoder {setup['encoder']} "
+        f"({setup.get('dtype', 'float32')}); timesteps "
         f"{setup['timesteps']} x {setup['noise_draws']} noise draw(s)"
     )
     for ev in evs:

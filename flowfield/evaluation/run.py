@@ -55,6 +55,10 @@ class EvalConfig:
     refine: RefineConfig | None = None
     logits: bool = True  # compute the policy's NLL / entropy baselines
     device: str = "cpu"
+    # the encoder's and flow's dtype (float32, bfloat16, auto; None: bf16 on cuda, float32
+    # elsewhere). The rollouts and the logit baselines do not depend on it: the policy that
+    # samples them keeps the device's default dtype, so two dtypes score the same rollouts.
+    dtype: str | None = None
 
 
 @dataclass
@@ -118,13 +122,14 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
     t0 = time.time()
     meta = read_metadata(cfg.flow)
     encoder = LatentEncoder(
-        cfg.model, layer_fractions=meta.config.layer_fractions, device=cfg.device
+        cfg.model, layer_fractions=meta.config.layer_fractions, device=cfg.device, dtype=cfg.dtype
     )
     net, meta = load_flow(cfg.flow, encoder.identity, encoder.layer_fractions)
     scorer = FlowScorer(encoder, net, meta)
     lm = None
     if cfg.logits or cfg.data is None:
-        lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=encoder.dtype)
+        lm_dtype = torch.bfloat16 if encoder.device.type == "cuda" else torch.float32
+        lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=lm_dtype)
         lm = lm.to(encoder.device).eval()
     options = ScoreOptions(cfg.reward, tuple(cfg.timesteps), cfg.noise_draws)
 
@@ -202,6 +207,8 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
             "bootstrap": cfg.bootstrap,
             "correct_threshold": cfg.correct_threshold,
             "threads": torch.get_num_threads(),
+            "dtype": encoder.precision.name,
+            "dtype_reason": encoder.precision.reason,
         },
         "evaluations": evaluations,
         "refine": None if refine_result is None else refine_result.to_dict(),

@@ -18,6 +18,10 @@ from typing import TYPE_CHECKING
 import typer
 
 from flowfield.experiments.commands import (
+    JsonOption,
+    MarkdownOption,
+    PlotOption,
+    VerboseOption,
     parse_ints,
     parse_names,
     report_command_for,
@@ -71,11 +75,11 @@ def rlfr_command(
     threads: int = typer.Option(None, help="trainer torch threads (the service has its own)"),
     smoke: bool = typer.Option(False, help="2 steps per arm, one seed: the loop in CI time"),
     out: Path = typer.Option(DEFAULT_OUT, help="output folder (results, plot, table, logs)"),
-    json_out: Path = typer.Option(None, "--json", help="results JSON (default OUT/results.json)"),
-    plot: Path = typer.Option(None, help="learning-curve PNG (default OUT/curves.png)"),
-    markdown: Path = typer.Option(None, help="markdown tables (default OUT/table.md)"),
+    json_out: JsonOption = None,
+    plot: PlotOption = None,
+    markdown: MarkdownOption = None,
     keep_work: bool = typer.Option(False, help="keep each run's checkpoints and policies"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every step"),
+    verbose: VerboseOption = False,
 ) -> None:
     """GRPO on the demo task through a live service: RLVR vs RLFR vs logit shaping."""
     from flowfield.experiments.config import preset

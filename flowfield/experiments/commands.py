@@ -10,13 +10,23 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
 from flowfield.cli_options import comma_separated, fail
 
 Results = dict[str, Any]
+
+# the output options every experiment command offers (defaults inside its --out folder)
+JsonOption = Annotated[
+    Path | None, typer.Option("--json", help="results JSON (default OUT/results.json)")
+]
+PlotOption = Annotated[
+    Path | None, typer.Option(help="learning-curve PNG (default OUT/curves.png)")
+]
+MarkdownOption = Annotated[Path | None, typer.Option(help="markdown tables (default OUT/table.md)")]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="log every policy update")]
 NOISY_LOGGERS = ("httpx", "httpcore", "urllib3", "filelock", "matplotlib")
 
 

@@ -71,6 +71,13 @@ class OnlineRefiner:
         with torch.no_grad():
             return flow_matching_loss(self.flow, *rows).item()
 
+    def latents(
+        self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The samples' latents and context latents as the flow models them ([L, N, d] each,
+        float32): the policy's part of a step, which `step` can be given ready-made."""
+        return self._latents(prompts, responses)
+
     def _latents(self, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.encoder.encode(prompts, responses)
         h, ctx = enc.h.clone().float(), enc.context(self.meta.config.context).clone().float()
@@ -81,12 +88,15 @@ class OnlineRefiner:
         prompts: Sequence[Sequence[int]],
         responses: Sequence[Sequence[int]],
         weights: Sequence[float] | None = None,
+        latents: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> float:
         """One optimiser step on these accepted samples; returns the loss before the step.
 
         weights: optional per-sample weight (1 for accepted; a soft weight for others).
+        latents: `latents(prompts, responses)` if already computed (the service encodes and
+        trains as two jobs, so scoring can run between them).
         """
-        h, ctx = self._latents(prompts, responses)
+        h, ctx = latents if latents is not None else self._latents(prompts, responses)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.steps)
         x1, c, lf, t, eps = rows_for_training(
             h, ctx, self.encoder.layer_fractions, self.replicas, self._t_sampler, g

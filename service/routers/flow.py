@@ -10,7 +10,7 @@ from flowfield.checkpoint import FlowMismatchError, policy_revision
 from service import metrics
 from service.auth import require
 from service.errors import ApiError
-from service.schemas import ErrorResponse, FlowInfo, PolicyRequest, PolicyResponse
+from service.schemas import FlowInfo, PolicyRequest, PolicyResponse, error_responses
 from service.state import ServiceState, get_state
 from service.updates.policy import PolicySyncUnavailable
 
@@ -54,15 +54,7 @@ async def _pending(state: ServiceState) -> int:
     "/v1/policy",
     response_model=PolicyResponse,
     dependencies=[Depends(require("update"))],
-    responses={
-        401: {"model": ErrorResponse},
-        403: {"model": ErrorResponse},
-        408: {"model": ErrorResponse},
-        413: {"model": ErrorResponse},
-        415: {"model": ErrorResponse},
-        422: {"model": ErrorResponse},
-        503: {"model": ErrorResponse},
-    },
+    responses=error_responses(401, 403, 408, 413, 415, 422, 503),
 )
 async def reload_policy(
     req: PolicyRequest, state: ServiceState = Depends(get_state)

@@ -67,6 +67,7 @@ from flowfield.flownet import FlowMetadata, FlowNet
 from service.settings import Settings, setting_default
 from service.updates.keys import GROUP, RedisKeys, text
 from service.updates.types import Entry
+from service.updates.watch import watch_channel
 
 log = logging.getLogger("flowfield.flowstore")
 
@@ -386,25 +387,23 @@ class FlowStore:
             async for v in self._watch_local(last):
                 yield v
             return
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.announce)
-                while True:
-                    v = await self.current()  # the pointer is the truth, messages just wake us
-                    if v != last:
-                        last = v
-                        yield v
-                    await pubsub.get_message(ignore_subscribe_messages=True,
-                                             timeout=self.poll_s)
-            except (RedisConnectionError, RedisTimeoutError, OSError) as e:
-                log.warning("flow watch: redis error %s; retrying", e)
-                await asyncio.sleep(min(self.poll_s, 1.0))
-            finally:
-                # bounded: on cancellation (shutdown) a close that waits on the cancelled read
-                # would keep the task, and ServiceState.stop, waiting forever
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 2.0)
+
+        async def changed() -> int | None:
+            nonlocal last
+            v = await self.current()  # the pointer is the truth, messages just wake us
+            if v == last:
+                return None
+            last = v
+            return v
+
+        def retrying(e: BaseException) -> None:
+            log.warning("flow watch: redis error %s; retrying", e)
+
+        versions = watch_channel(self.redis, self.keys.announce, self.poll_s, changed,
+                                 (RedisConnectionError, RedisTimeoutError, OSError), retrying)
+        async with contextlib.aclosing(versions):
+            async for v in versions:
+                yield v
 
     async def _watch_local(self, last: int) -> AsyncIterator[int]:
         cond = self._condition()

@@ -46,15 +46,16 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol, TypeVar
 
 import redis.asyncio as aioredis
+import torch
 from redis.exceptions import LockError, RedisError
 
 from flowfield.checkpoint import FlowMismatchError, record_policy
 from flowfield.encoder import LatentEncoder
-from flowfield.flownet import FlowMetadata
+from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.training.online import OnlineRefiner
 from service.metrics import (
     FLOW_VERSION,
@@ -94,19 +95,16 @@ class LearnerConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> LearnerConfig:
-        """The learner's part of `settings`; `overrides` replace fields (e.g. name)."""
-        values: dict[str, Any] = dict(
-            name=settings.learner_name,
-            batch=settings.learner_batch,
-            block_ms=settings.learner_block_ms,
-            reclaim_idle_ms=settings.learner_reclaim_idle_ms,
-            lock_ttl_ms=settings.learner_lock_ttl_ms,
-            lr=settings.learner_lr,
-            min_lr=settings.learner_min_lr,
-            horizon=settings.learner_horizon,
-            timesteps=tuple(settings.timesteps),
-            test_pause_s=settings.learner_test_pause_s,
-        )
+        """The learner's part of `settings`; `overrides` replace fields (e.g. name).
+
+        Every field is the `learner_<field>` setting, except `timesteps` (the shared
+        `timesteps` setting, as a tuple)."""
+        values: dict[str, Any] = {
+            f.name: getattr(settings, f"learner_{f.name}")
+            for f in fields(cls)
+            if f.name != "timesteps"
+        }
+        values["timesteps"] = tuple(settings.timesteps)
         values.update(overrides)
         return cls(**values)
 
@@ -447,7 +445,14 @@ class Learner:
         refiner = self._refiner
         assert refiner is not None
         try:
-            loss, meta = await self._in_model_thread(self._train_and_write, refiner, valid)
+            # Two jobs on the model thread, so a scoring batch can run between them (each
+            # is about one batch long on the demo); the checkpoint write is I/O and leaves
+            # the model thread free (nothing changes the refiner before this step publishes).
+            latents = await self._in_model_thread(self._encode, refiner, valid)
+            loss, net, meta, state = await self._in_model_thread(
+                self._train, refiner, valid, latents
+            )
+            await asyncio.to_thread(self.store.write, net, meta, state)
             if self.config.test_pause_s > 0:
                 log.info("test hook: pausing %.1fs before commit version=%d",
                          self.config.test_pause_s, meta.version)
@@ -538,19 +543,25 @@ class Learner:
             return f"weight {s.weight} is not a finite non-negative number"
         return None
 
-    def _train_and_write(self, refiner: OnlineRefiner,
-                         entries: list[Entry]) -> tuple[float, FlowMetadata]:
-        """Blocking part of a step (worker thread): optimiser step, export, checkpoint."""
-        prompts = [e.sample.prompt_ids for e in entries]
-        responses = [e.sample.response_ids for e in entries]
-        weights = [e.sample.weight for e in entries]
+    def _encode(self, refiner: OnlineRefiner,
+                entries: list[Entry]) -> tuple[torch.Tensor, torch.Tensor]:
+        """First blocking part of a step (model thread): the policy encodes the samples."""
         guard = self.encoder_lock if self.encoder_lock is not None else contextlib.nullcontext()
         with guard:
-            loss = refiner.step(prompts, responses, weights)
+            return refiner.latents([e.sample.prompt_ids for e in entries],
+                                   [e.sample.response_ids for e in entries])
+
+    def _train(self, refiner: OnlineRefiner, entries: list[Entry],
+               latents: tuple[torch.Tensor, torch.Tensor]
+               ) -> tuple[float, FlowNet, FlowMetadata, dict]:
+        """Second blocking part (model thread): optimiser step and export of the new version
+        (written to the store by the caller, off the model thread)."""
+        loss = refiner.step([e.sample.prompt_ids for e in entries],
+                            [e.sample.response_ids for e in entries],
+                            [e.sample.weight for e in entries], latents=latents)
         net, meta = refiner.export()
         record_policy(meta, refiner.encoder.identity)  # the encoder this step trained on
-        self.store.write(net, meta, refiner.state_dict())
-        return loss, meta
+        return loss, net, meta, refiner.state_dict()
 
     def _update_stats(self, meta: FlowMetadata) -> None:
         FLOW_VERSION.set(meta.version)  # a stand-alone learner reports the version it published

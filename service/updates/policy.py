@@ -26,7 +26,6 @@ Without Redis there is one process and nothing to record: the policy stays per p
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -42,6 +41,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.updates.keys import RedisKeys, text
+from service.updates.watch import watch_channel
 
 log = logging.getLogger("flowfield.policy")
 
@@ -139,25 +139,23 @@ class PolicySync:
         caller that failed to load a record gets it again at the next poll. Never ends on its
         own; cancel the task."""
         failing = False
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.subscribe(self.keys.policy_announce)
-                while True:
-                    rec = await self.current()  # the record is the truth, messages just wake us
-                    if failing:
-                        log.info("policy watch: redis reachable again")
-                        failing = False
-                    if rec is not None and rec.epoch > applied():
-                        yield rec
-                    await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.poll_s)
-            except (RedisError, PolicySyncUnavailable, OSError) as e:
-                if not failing:  # once per outage, not once a second
-                    log.warning("policy watch: redis error %s; retrying every second", e)
-                failing = True
-                await asyncio.sleep(min(self.poll_s, 1.0))
-            finally:
-                # bounded: on cancellation (shutdown) a close that waits on the cancelled read
-                # would keep the task, and ServiceState.stop, waiting forever
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(pubsub.aclose(), 2.0)
+
+        async def newer() -> PolicyRecord | None:
+            nonlocal failing
+            rec = await self.current()  # the record is the truth, messages just wake us
+            if failing:
+                log.info("policy watch: redis reachable again")
+                failing = False
+            return rec if rec is not None and rec.epoch > applied() else None
+
+        def retrying(e: BaseException) -> None:
+            nonlocal failing
+            if not failing:  # once per outage, not once a second
+                log.warning("policy watch: redis error %s; retrying every second", e)
+            failing = True
+
+        records = watch_channel(self.redis, self.keys.policy_announce, self.poll_s, newer,
+                                (RedisError, PolicySyncUnavailable, OSError), retrying)
+        async with contextlib.aclosing(records):
+            async for rec in records:
+                yield rec

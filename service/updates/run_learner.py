@@ -72,7 +72,8 @@ def run_learner(settings: Settings | None = None) -> None:
 def load_recorded_policy(settings: Settings, record: PolicyRecord) -> LatentEncoder:
     """The encoder of a policy recorded by POST /v1/policy, reporting the recorded label."""
     return LatentEncoder(record.path, settings.layer_fractions, device=settings.device,
-                         name=record.name or None, revision=record.revision or None)
+                         dtype=settings.dtype, name=record.name or None,
+                         revision=record.revision or None)
 
 
 async def _initial_encoder(settings: Settings,
@@ -91,7 +92,7 @@ async def _initial_encoder(settings: Settings,
             return encoder, record.epoch
     encoder = await asyncio.to_thread(
         LatentEncoder, settings.model_path, settings.layer_fractions, device=settings.device,
-        name=settings.model_name, revision=settings.model_revision)
+        dtype=settings.dtype, name=settings.model_name, revision=settings.model_revision)
     return encoder, 0
 
 

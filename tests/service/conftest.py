@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 from live_server import Server
-from service_helpers import REDIS_URL
+from redis_support import REDIS_URL
 
 
 @pytest.fixture(scope="module")

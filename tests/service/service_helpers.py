@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
 from flowfield.demo.task import Problem, expert_solution
-
-# the Redis of the scale-out tests (test_service_redis.py, test_service_policy_sync.py)
-REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def demo_sample(i: int, a: int = 1234, b: int = 5678, wrong: bool = False, **extra) -> dict:

@@ -43,6 +43,11 @@ def test_bench_runs_end_to_end_and_paths_agree(tmp_path):
     assert checks["http_vs_library"] < 1e-5
     assert checks["http_vs_library_rewards_abs"] < 1e-6
     assert set(res["ratios"]) >= {"library_vs_reference", "http_vs_reference", "http_overhead"}
+    # achieved GFLOP/s and utilisation against a GEMM measured in the same run
+    assert res["dtype"] == "float32" and res["gemm_gflops"] > 0
+    for path in [*res["paths"].values(), *res["components"].values()]:
+        assert path["median_gflops"] > 0 and path["utilisation"] > 0
+    assert set(res["components"]) == {"encoder", "flow"}
 
     section = markdown_section(res, "flowfield bench --groups 1")
     assert section.startswith(SECTION) and "| path |" in section
@@ -76,3 +81,28 @@ def test_bench_command_cli_without_http_writes_json_and_markdown(tmp_path):
     res = json.loads(out.read_text())
     assert "http" not in res["paths"] and res["checks"]["no_share_vs_library"] < 1e-5
     assert SECTION in md.read_text()
+    # a bf16 run gets its own section next to the float32 one
+    result = CliRunner().invoke(
+        app, [*args, "--no-http", "--dtype", "bfloat16", "--markdown", str(md)]
+    )
+    assert result.exit_code == 0, result.output
+    text = md.read_text()
+    assert text.count(f"{SECTION}\n") == 1 and f"{SECTION} (bfloat16, cpu)\n" in text
+    assert "--dtype bfloat16" in text
+    bad = CliRunner().invoke(app, [*args, "--dtype", "fp8"])
+    assert bad.exit_code != 0 and "dtype must be one of" in bad.output
+
+
+def test_flop_counts_by_hand():
+    from flowfield.bench.flops import attention_flops, flow_flops_per_row, path_flops
+    from flowfield.bench.workload import Group
+
+    cfg = BenchConfig(hidden=8, heads=2, kv_heads=1, intermediate=16, layers=4, vocab=10)
+    assert attention_flops(0, 3, 8) == 4 * 8 * (1 + 2 + 3)
+    assert attention_flops(2, 2, 8) == 4 * 8 * (3 + 4)
+    # x_in, c_in: 2 d W; each block: 2 W^2 + 3 W^2; final: 2 W^2 + W d
+    assert flow_flops_per_row(8, 4, 2) == 2 * (2 * 32 + 2 * 5 * 16 + 2 * 16 + 32)
+    one = path_flops(cfg, [Group("g", [1, 2], [[3], [4, 5]])], hooked=3, blocks_run=3)
+    assert one["library"] == one["library_encoder"] + one["library_flow"] == one["http"]
+    assert one["no_share"] > one["library"]  # the prompt encoded twice
+    assert one["library_flow"] == 3 * 3 * flow_flops_per_row(8, 8, cfg.flow_depth)

@@ -12,11 +12,9 @@ import sys
 import time
 from dataclasses import asdict
 
-import pytest
-import redis
 from helpers import save_tiny_model
 from live_server import REPO, Server
-from service_helpers import REDIS_URL
+from redis_support import REDIS_URL, needs_redis
 
 from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
@@ -25,14 +23,7 @@ from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
-def redis_available() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+pytestmark = needs_redis
 
 
 def sample(i: int, reward: float | None = None) -> dict:

@@ -10,7 +10,8 @@ import time
 
 import httpx
 from live_server import REPO, Server, free_port
-from service_helpers import REDIS_URL, demo_sample
+from redis_support import REDIS_URL
+from service_helpers import demo_sample
 
 
 def test_two_scorers_and_one_learner_agree_after_an_update(tmp_path, prefix):

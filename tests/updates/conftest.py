@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from updates_support import TinyAssets, delete_prefix, make_tiny_assets, new_prefix, redis_available
+from redis_support import REDIS_URL, redis_available
+from updates_support import TinyAssets, delete_prefix, make_settings, make_tiny_assets, new_prefix
 
 
 @pytest.fixture(scope="module")
@@ -19,3 +20,14 @@ def prefix():
     yield p
     if redis_available():
         delete_prefix(p)
+
+
+@pytest.fixture
+def redis_settings(assets, tmp_path, prefix):
+    """Builds the test's Redis settings: the tiny assets, this test's key prefix, checkpoints
+    in tmp_path/ckpt; keyword arguments override settings."""
+
+    def make(**overrides):
+        return make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, **overrides)
+
+    return make

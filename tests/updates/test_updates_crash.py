@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from updates_support import REDIS_URL, learner_env, make_samples, make_settings, needs_redis
+from redis_support import REDIS_URL, needs_redis
+from updates_support import learner_env, make_samples
 
 from flowfield.checkpoint import read_metadata
 from service.updates.keys import RedisKeys
@@ -57,14 +58,16 @@ async def enqueue_all(prefix: str) -> None:
         await q.close()
 
 
-def test_learner_killed_mid_commit_trains_every_sample_exactly_once(tmp_path, assets, prefix):
+def test_learner_killed_mid_commit_trains_every_sample_exactly_once(
+    tmp_path, redis_settings, prefix
+):
     keys = RedisKeys(prefix)
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     procs: list[subprocess.Popen] = []
     logs = [tmp_path / "learner-a.log", tmp_path / "learner-b.log"]
     try:
-        settings = make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=8,
-                                 learner_block_ms=200, learner_reclaim_idle_ms=1000)
+        settings = redis_settings(learner_batch=8, learner_block_ms=200,
+                                  learner_reclaim_idle_ms=1000)
         store_dir = Path(settings.checkpoint_dir)
         asyncio.run(enqueue_all(prefix))
         assert r.xlen(keys.stream) == N_SAMPLES

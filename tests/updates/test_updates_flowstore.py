@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import torch
-from updates_support import REDIS_URL, make_samples, needs_redis
+from redis_support import REDIS_URL, needs_redis
+from updates_support import make_samples
 
 from flowfield.checkpoint import read_metadata
 from flowfield.flownet import FlowNet

@@ -12,15 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis.asyncio as aioredis
 import torch
-from updates_support import (
-    FRACTIONS,
-    REDIS_URL,
-    learner_config,
-    make_samples,
-    make_settings,
-    needs_redis,
-    queue_and_store,
-)
+from redis_support import REDIS_URL, needs_redis
+from updates_support import FRACTIONS, learner_config, make_samples, make_settings, queue_and_store
 
 from flowfield.checkpoint import read_metadata
 from flowfield.encoder import LatentEncoder
@@ -40,12 +33,6 @@ def encoder(assets):
 def settings(request, assets, tmp_path, prefix):
     url = REDIS_URL if request.param == "redis" else None
     return make_settings(assets, tmp_path / "ckpt", url, prefix, learner_batch=8)
-
-
-@pytest.fixture
-def redis_settings(assets, tmp_path, prefix):
-    """Redis settings with batches of 4, for the tests of the single-learner lock."""
-    return make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, learner_batch=4)
 
 
 async def drain(learners: list[Learner], queue, timeout: float = 60) -> None:
@@ -149,7 +136,7 @@ def test_untrainable_samples_are_dropped_not_retried(settings, encoder):
 
 @needs_redis
 def test_only_one_redis_learner_trains(redis_settings, encoder):
-    settings = redis_settings
+    settings = redis_settings(learner_batch=4)
 
     async def main() -> None:
         async with queue_and_store(settings) as (queue, store):
@@ -176,7 +163,7 @@ def test_only_one_redis_learner_trains(redis_settings, encoder):
 def test_lost_lock_cannot_publish(redis_settings, encoder):
     """A learner whose lock was taken over trains, but its publish is refused; the entries
     stay pending for the lock holder."""
-    settings = redis_settings
+    settings = redis_settings(learner_batch=4)
 
     async def main() -> None:
         async with queue_and_store(settings) as (queue, store):

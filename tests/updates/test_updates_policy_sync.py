@@ -10,16 +10,8 @@ import time
 
 import pytest
 from helpers import save_tiny_model
-from updates_support import (
-    FRACTIONS,
-    HIDDEN,
-    REDIS_URL,
-    learner_config,
-    make_samples,
-    make_settings,
-    needs_redis,
-    queue_and_store,
-)
+from redis_support import needs_redis
+from updates_support import FRACTIONS, HIDDEN, learner_config, make_samples, queue_and_store
 
 from flowfield.checkpoint import policy_revision, read_metadata
 from flowfield.encoder import LatentEncoder
@@ -33,6 +25,10 @@ from service.updates.policy import PolicyRecord, PolicySync
 from service.updates.queue import make_queue
 
 pytestmark = needs_redis
+
+# the settings of these tests (with the redis_settings fixture's): a process that serves without
+# training, on one thread, without waiting for batches to fill
+SERVING = dict(learner=False, threads=1, batch_wait_ms=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +52,8 @@ def test_old_metadata_without_the_record_falls_back_to_the_encoder():
     assert policy_revision(FlowMetadata(config=meta.config, encoder={})) is None
 
 
-def test_record_orders_reloads_by_epoch_and_watch_wakes(prefix, settings_factory):
-    settings = settings_factory(prefix)
+def test_record_orders_reloads_by_epoch_and_watch_wakes(prefix, redis_settings):
+    settings = redis_settings(**SERVING)
 
     async def main() -> None:
         store = FlowStore.from_settings(settings)
@@ -92,18 +88,8 @@ def test_record_orders_reloads_by_epoch_and_watch_wakes(prefix, settings_factory
     asyncio.run(main())
 
 
-@pytest.fixture
-def settings_factory(assets, tmp_path):
-    def make(prefix: str, **overrides):
-        values = dict(learner=False, threads=1, batch_wait_ms=1.0)
-        values.update(overrides)
-        return make_settings(assets, tmp_path / "ckpt", REDIS_URL, prefix, **values)
-
-    return make
-
-
-def test_learner_follows_the_recorded_policy(settings_factory, prefix, new_policy, tmp_path):
-    settings = settings_factory(prefix, learner_batch=4)
+def test_learner_follows_the_recorded_policy(redis_settings, prefix, new_policy, tmp_path):
+    settings = redis_settings(**SERVING, learner_batch=4)
 
     async def main() -> None:
         async with queue_and_store(settings) as (queue, store):
@@ -155,9 +141,9 @@ async def _until(cond, timeout: float = 20.0) -> None:
 
 
 def test_service_follows_adopts_at_start_and_is_not_ready_when_it_cannot_load(
-    settings_factory, prefix, new_policy, tmp_path
+    redis_settings, prefix, new_policy, tmp_path
 ):
-    settings = settings_factory(prefix)
+    settings = redis_settings(**SERVING)
 
     async def main() -> None:
         a = ServiceState(settings)
@@ -217,8 +203,8 @@ def test_service_follows_adopts_at_start_and_is_not_ready_when_it_cannot_load(
     asyncio.run(main())
 
 
-def test_pending_gauge_reads_the_queue_another_process_consumes(settings_factory, prefix):
-    settings = settings_factory(prefix)
+def test_pending_gauge_reads_the_queue_another_process_consumes(redis_settings, prefix):
+    settings = redis_settings(**SERVING)
 
     async def main() -> None:
         state = ServiceState(settings)

@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from updates_support import REDIS_URL, make_samples, needs_redis, new_prefix
+from redis_support import REDIS_URL, needs_redis
+from updates_support import make_samples, new_prefix
 
 from service.settings import Settings
 from service.updates.keys import GROUP, RedisKeys

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import pytest
 import redis
 from helpers import save_tiny_model  # tests/helpers.py; tests/ is on sys.path
+from redis_support import REDIS_URL
 
 from flowfield.checkpoint import save_flow
 from flowfield.encoder import LatentEncoder
@@ -23,20 +23,9 @@ from service.updates.learner import LearnerConfig
 from service.updates.queue import UpdateQueue, make_queue
 from service.updates.types import UpdateSample
 
-REDIS_URL = os.environ.get("FLOWFIELD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 FRACTIONS = (0.25, 0.5, 0.75)
 HIDDEN = 32
 VOCAB = 64
-
-
-def redis_available() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
 
 
 def new_prefix() -> str:

@@ -14,12 +14,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from flowfield.experiments.commands import (
-    parse_ints,
-    parse_names,
-    report_command_for,
-    run_experiment_command,
-)
+from flowfield.experiments import commands  # what every experiment command shares
 
 if TYPE_CHECKING:
     from flowfield.experiments.rewardflow.config import RewardFlowConfig
@@ -49,10 +44,10 @@ def rewardflow_command(
     threads: int = typer.Option(None, help="trainer torch threads"),
     smoke: bool = typer.Option(False, help="a few updates per run, one seed: the loop in CI"),
     out: Path = typer.Option(DEFAULT_OUT, help="output folder (results, plot, table)"),
-    json_out: Path = typer.Option(None, "--json", help="results JSON (default OUT/results.json)"),
-    plot: Path = typer.Option(None, help="learning-curve PNG (default OUT/curves.png)"),
-    markdown: Path = typer.Option(None, help="markdown tables (default OUT/table.md)"),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every update"),
+    json_out: commands.JsonOption = None,
+    plot: commands.PlotOption = None,
+    markdown: commands.MarkdownOption = None,
+    verbose: commands.VerboseOption = False,
 ) -> None:
     """RewardFlow vs outcome-only vs Monte-Carlo advantages, an MLP policy in grid rooms,
     graph rewards from a live service (POST /v1/score/graph)."""
@@ -62,7 +57,8 @@ def rewardflow_command(
 
     def make_config() -> RewardFlowConfig:
         return preset(smoke).with_overrides(
-            arms=parse_names(arms), envs=parse_names(envs), seeds=parse_ints(seeds),
+            arms=commands.parse_names(arms), envs=commands.parse_names(envs),
+            seeds=commands.parse_ints(seeds),
             steps=steps, groups=groups, group_size=group_size, hidden=hidden, lr=lr,
             gamma=gamma, step_weight=step_weight, mc_gamma=mc_gamma, evals=evals,
             eval_size=eval_size, target=target, threads=threads,
@@ -75,7 +71,7 @@ def rewardflow_command(
                 f"{', '.join(cfg.envs)} x seeds {', '.join(map(str, cfg.seeds))}), env steps "
                 f"per run: {budgets}")
 
-    run_experiment_command(
+    commands.run_experiment_command(
         make_config, describe,
         lambda cfg, json_path: run_experiment(cfg, out, json_path=json_path),
         markdown_table, plot_curves,
@@ -89,7 +85,7 @@ def _report_parts() -> tuple[Callable, Callable, Callable]:
     return summarize, markdown_table, plot_curves
 
 
-rewardflow_report_command = report_command_for(
+rewardflow_report_command = commands.report_command_for(
     "rewardflow",
     "Rebuild the RewardFlow tables (and plot) from a results JSON without running anything.",
     _report_parts,

@@ -1,0 +1,81 @@
+"""Benchmark the online update path of a live `flowfield serve` on the bundled demo: the time
+from POST /v1/update of `--samples` accepted samples until GET /v1/flow reports the new flow
+version (p50, p95), and /score throughput with the learner idle vs. while it trains.
+What exactly is measured: flowfield/bench/update.py.
+
+    FLOWFIELD_THREADS=1 python scripts/bench_update.py                 # 10 updates of 64
+    FLOWFIELD_THREADS=1 python scripts/bench_update.py --markdown BENCHMARKS.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+from flowfield.bench.report import replace_section
+from flowfield.bench.update import (
+    SECTION,
+    UpdateBenchConfig,
+    markdown_section,
+    run_update_bench,
+)
+from flowfield.cli_options import Outputs, config_command
+
+
+def _measuring_args() -> list[str]:
+    """This run's arguments less those that only say where output goes (--json, --workdir):
+    the command recorded in BENCHMARKS.md reproduces the numbers, not one machine's paths."""
+    out, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--json", "--workdir"):
+            skip = "=" not in arg  # "--json PATH": drop PATH too
+            continue
+        out.append(arg)
+    return out
+
+
+def run(cfg: UpdateBenchConfig, out: Outputs) -> None:
+    res = run_update_bench(cfg, out.workdir, log=lambda m: typer.echo(m, err=True))
+    lat, thr = res["latency"], res["throughput"]
+    typer.echo(
+        f"update served (no other load): p50 {lat['served_p50_s']:.3f}s "
+        f"p95 {lat['served_p95_s']:.3f}s (goal p50 < {lat['goal_p50_s']:.0f}s: "
+        f"{'met' if lat['meets_goal'] else 'missed'})"
+    )
+    typer.echo(
+        f"update served (scoring saturated): p50 {thr['updates']['served_p50_s']:.3f}s "
+        f"p95 {thr['updates']['served_p95_s']:.3f}s"
+    )
+    typer.echo(
+        f"/score tokens/s: idle {thr['idle_tokens_per_s']:.0f}, training "
+        f"{thr['training_tokens_per_s']:.0f} (drop {100 * thr['drop']:.1f}%); lost "
+        f"{thr['lost_s_per_update']:.3f}s per update = {thr['lost_per_update_in_batches']:.2f} "
+        f"batches of {thr['batch_s']:.3f}s (goal <= 1: {'met' if thr['meets_goal'] else 'missed'})"
+    )
+    v = res["versions"]
+    typer.echo(f"flow versions: {v['start']} -> {v['end']} (expected {v['expected_end']})")
+    if out.json:
+        out.json.write_text(json.dumps(res, indent=2) + "\n")
+    if out.markdown:
+        env = os.environ.get("FLOWFIELD_THREADS")
+        command = "python " + " ".join(["scripts/bench_update.py", *_measuring_args()])
+        if env is not None:
+            command = f"FLOWFIELD_THREADS={env} {command}"
+        replace_section(out.markdown, markdown_section(res, command), SECTION)
+        typer.echo(f"updated {out.markdown}", err=True)
+
+
+if __name__ == "__main__":
+    outputs = {
+        "json": "write all numbers as JSON here",
+        "markdown": f"replace this file's '{SECTION}' section",
+        "workdir": "keep the server's log and checkpoints here",
+    }
+    typer.run(config_command(UpdateBenchConfig, run, outputs))
