@@ -5,7 +5,8 @@ dataclass's fields."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from inspect import Parameter
 from pathlib import Path
@@ -96,3 +97,20 @@ def config_command(
     command.__doc__ = doc or (cls.__doc__ or "").split("\n\n")[0]  # its first paragraph
     command.__name__ = getattr(run, "__name__", "command")
     return command
+
+
+def measuring_args(drop: Sequence[str]) -> list[str]:
+    """This run's arguments (sys.argv) less the options in `drop` and their values (where
+    output goes: --json, --workdir): the command a benchmark records reproduces its
+    numbers, not one machine's paths."""
+    out, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in drop:
+            skip = "=" not in arg  # "--json PATH": drop PATH too
+            continue
+        out.append(arg)
+    return out

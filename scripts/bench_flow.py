@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 
@@ -29,7 +28,7 @@ import typer
 
 from flowfield.bench.flops import flow_flops_per_row
 from flowfield.bench.report import replace_section
-from flowfield.cli_options import Outputs, config_command, opt
+from flowfield.cli_options import Outputs, config_command, measuring_args, opt
 from flowfield.flownet import FlowNet, flow_for_encoder
 
 SECTION = "## Flow network cost"
@@ -138,7 +137,7 @@ def run(cfg: FlowBenchConfig, out: Outputs) -> None:
         out.json.write_text(json.dumps(results, indent=2) + "\n")
     if out.markdown:
         threads = torch.get_num_threads()
-        command = " ".join(a for a in sys.argv if not a.startswith("--json"))
+        command = " ".join(["scripts/bench_flow.py", *measuring_args(("--json",))])
         section = (
             f"{SECTION}\n\n- Command: `FLOWFIELD_THREADS={threads} python {command}`\n"
             f"- FlowNet d = W = {hidden}, depth {depth}, {rows} rows "

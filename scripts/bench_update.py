@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import typer
 
@@ -22,23 +21,7 @@ from flowfield.bench.update import (
     markdown_section,
     run_update_bench,
 )
-from flowfield.cli_options import Outputs, config_command
-
-
-def _measuring_args() -> list[str]:
-    """This run's arguments less those that only say where output goes (--json, --workdir):
-    the command recorded in BENCHMARKS.md reproduces the numbers, not one machine's paths."""
-    out, skip = [], False
-    for arg in sys.argv[1:]:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ("--json", "--workdir"):
-            skip = "=" not in arg  # "--json PATH": drop PATH too
-            continue
-        out.append(arg)
-    return out
+from flowfield.cli_options import Outputs, config_command, measuring_args
 
 
 def run(cfg: UpdateBenchConfig, out: Outputs) -> None:
@@ -65,7 +48,8 @@ def run(cfg: UpdateBenchConfig, out: Outputs) -> None:
         out.json.write_text(json.dumps(res, indent=2) + "\n")
     if out.markdown:
         env = os.environ.get("FLOWFIELD_THREADS")
-        command = "python " + " ".join(["scripts/bench_update.py", *_measuring_args()])
+        args = measuring_args(("--json", "--workdir"))
+        command = "python " + " ".join(["scripts/bench_update.py", *args])
         if env is not None:
             command = f"FLOWFIELD_THREADS={env} {command}"
         replace_section(out.markdown, markdown_section(res, command), SECTION)

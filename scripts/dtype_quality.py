@@ -77,6 +77,10 @@ def markdown(rows: list[tuple[str, dict]], command: str) -> str:
         f"- Command: `{command}`",
         "- The same held-out demo rollouts (one each at T = 1) scored with the encoder and flow "
         "in float32 and in bfloat16; AUROC for 'incorrect' with 95% bootstrap intervals",
+        "- `runs/fits/default` (a flow fitted by `flowfield fit` with its defaults): "
+        "`python -m flowfield.demo.data --out runs/demo/expert.jsonl`, then `flowfield fit "
+        "--model flowfield/demo/assets/policy --data runs/demo/expert.jsonl --out "
+        "runs/fits/default`",
         "",
         "| flow | score | float32 | bfloat16 |",
         "| --- | --- | --- | --- |",

@@ -22,7 +22,7 @@ from pydantic_settings import (
 
 from flowfield.demo import ASSETS as DEMO_ASSETS
 from flowfield.precision import check_dtype_name
-from flowfield.rewards import NORMALIZATIONS
+from flowfield.rewards import NORMALIZATIONS, RewardOptions
 
 
 def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
@@ -49,6 +49,9 @@ def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettings
     return source
 
 
+# the library's reward defaults (RLFR's numbers), written once in flowfield/rewards.py; the
+# service's default normalisation differs on purpose: expert where the flow is calibrated
+REWARD = RewardOptions()
 DTYPE_HELP = (
     "encoder and flow dtype: float32, bfloat16 or auto; unset: bfloat16 on cuda, float32 on "
     "cpu (every replica alike); auto: bf16 on cuda, and on a cpu only if it has native bf16 "
@@ -79,9 +82,11 @@ class Settings(BaseSettings):
         description="default: expert (bilateral for a flow without calibration), bilateral "
         "or unilateral",
     )
-    beta: float = Field(0.01, ge=0, description="default reward scale: r = -beta * s")
-    threshold: float = Field(0.6, ge=0, description="default eta: zero tokens with |s| <= eta")
-    top_k: int = Field(15, description="default K: keep at most K tokens (0 = all)")
+    beta: float = Field(REWARD.beta, ge=0, description="default reward scale: r = -beta * s")
+    threshold: float = Field(
+        REWARD.threshold, ge=0, description="default eta: zero tokens with |s| <= eta"
+    )
+    top_k: int = Field(REWARD.top_k, description="default K: keep at most K tokens (0 = all)")
     timesteps: tuple[float, ...] = Field(
         (0.8,), description="default rewarding timesteps (JSON list)"
     )

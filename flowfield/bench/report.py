@@ -158,11 +158,14 @@ def _rate(v: dict[str, Any]) -> str:
 
 
 def section_title(res: dict[str, Any]) -> str:
-    """`## /score throughput` for the float32 CPU run, with dtype and device otherwise."""
-    device, dtype = res["config"].get("device", "cpu"), res.get("dtype", "float32")
-    if device == "cpu" and dtype == "float32":
+    """`## /score throughput` for the default run (float32, cpu, 2 threads), with dtype,
+    device and threads otherwise: BENCHMARKS.md keeps one section per combination."""
+    c = res["config"]
+    device, dtype, threads = c.get("device", "cpu"), res.get("dtype", "float32"), c["threads"]
+    if (device, dtype, threads) == ("cpu", "float32", 2):
         return SECTION
-    return f"{SECTION} ({dtype}, {device})"
+    unit = "thread" if threads == 1 else "threads"
+    return f"{SECTION} ({dtype}, {device}, {threads} {unit})"
 
 
 def markdown_section(res: dict[str, Any], command: str) -> str:

@@ -27,7 +27,11 @@ log = logging.getLogger("flowfield.demo")
 
 def main(
     out: Path = typer.Option(..., help="directory for the trained policy"),
-    seed: int = 0,
+    seed: int = typer.Option(
+        0,
+        help="weights, batch order and validation sampling; the problem split is always the "
+        "demo's (seed 0), so every policy is evaluated on the same held-out problems",
+    ),
     batch_size: int = 64,
     lr: float = 3e-3,
     max_steps: int = 4000,
@@ -43,7 +47,7 @@ def main(
     torch.set_num_threads(threads)
     tok = build_tokenizer()
     model = new_policy(tok, seed, arch)
-    train_problems, _, _ = split_problems(seed)
+    train_problems, _, _ = split_problems()
     val_problems, train_problems = train_problems[:eval_problems], train_problems[eval_problems:]
 
     # every training sequence has the same length up to one character (5-digit answers):

@@ -36,7 +36,7 @@ from flowfield.evaluation.problems import eval_problems
 from service.auth import require
 from service.routers.score import score_request
 from service.samples import resolve_ids
-from service.schemas import ScoreRequest, ScoreSample, error_responses
+from service.schemas import ScoreRequest, ScoreSample
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
@@ -45,6 +45,13 @@ router = APIRouter(tags=["ui"], dependencies=[Depends(require("score"))])
 RECENT = 32  # rollouts kept for GET /ui
 
 # the errors are the JSON error object, whatever the route's own (HTML) media type
+# Errors are JSON (ErrorResponse) while the route's own responses are HTML: error_responses()
+# would document them under the route's media type (text/html), so the content is explicit.
+_JSON_ERROR = {
+    "description": "Error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+}
+
 EXAMPLE = {
     "samples": [
         {
@@ -169,7 +176,7 @@ def _page(state: ServiceState, sections: list[tuple[str, list[TokenView]]]) -> s
 @router.get(
     "/ui",
     response_class=HTMLResponse,
-    responses=error_responses(401, 422, 429),
+    responses={code: _JSON_ERROR for code in (401, 422, 429)},
 )
 async def ui(
     request: Request,
@@ -190,7 +197,7 @@ async def ui(
     "/ui/render",
     response_class=HTMLResponse,
     # the JSON errors of /v1/score, which it goes through (and the guards' 408, 413, 415)
-    responses=error_responses(401, 408, 413, 415, 422, 429),
+    responses={code: _JSON_ERROR for code in (401, 408, 413, 415, 422, 429)},
 )
 async def render(
     req: ScoreRequest,

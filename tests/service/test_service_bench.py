@@ -87,7 +87,9 @@ def test_bench_command_cli_without_http_writes_json_and_markdown(tmp_path):
     )
     assert result.exit_code == 0, result.output
     text = md.read_text()
-    assert text.count(f"{SECTION}\n") == 1 and f"{SECTION} (bfloat16, cpu)\n" in text
+    # one section per dtype, device and thread count (the default, 2 threads, is untitled)
+    assert text.count(f"{SECTION} (float32, cpu, 1 thread)\n") == 1
+    assert text.count(f"{SECTION} (bfloat16, cpu, 1 thread)\n") == 1
     assert "--dtype bfloat16" in text
     bad = CliRunner().invoke(app, [*args, "--dtype", "fp8"])
     assert bad.exit_code != 0 and "dtype must be one of" in bad.output
