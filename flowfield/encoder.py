@@ -235,7 +235,8 @@ class LatentEncoder:
             raise ValueError(f"{path}: encoder-decoder models are not supported")
         if dtype is None:  # the library's default: bf16 on cuda, float32 elsewhere
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        if isinstance(dtype, str):  # "float32", "bfloat16" or "auto" (measured, see precision)
+            self.precision = Precision(dtype, "default", f"the default on {self.device.type}")
+        elif isinstance(dtype, str):  # "float32", "bfloat16" or "auto" (measured: precision)
             self.precision = resolve_dtype(dtype, self.device, _gemm_shape(config))
         else:
             self.precision = Precision(dtype, dtype_name(dtype), "requested")

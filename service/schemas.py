@@ -171,6 +171,7 @@ class UpdateResponse(BaseModel):
 class FlowInfo(BaseModel):
     flow_version: int
     encoder: str
+    dtype: str  # what the encoder and flow compute in here (FLOWFIELD_DTYPE resolved)
     metadata: dict[str, Any]
     samples_trained: int
     last_update: float | None

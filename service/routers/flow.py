@@ -26,6 +26,7 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
     return FlowInfo(
         flow_version=sc.version,
         encoder=sc.encoder.identity.label(),
+        dtype=sc.encoder.precision.name,
         metadata={
             **meta.config.to_dict(),
             "encoder": meta.encoder,

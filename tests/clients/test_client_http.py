@@ -236,6 +236,7 @@ def test_flow_info_health_policy_and_empty_batches(ff_server):
     with FlowfieldClient(ff_server.url) as ff:
         info = ff.flow_info()
         assert info.encoder.startswith("demo-arith@") and info.queue_backend == "memory"
+        assert info.dtype == "float32"
         assert ff.health().ok
         empty = ff.score([])
         assert empty.results == [] and empty.flow_version == info.flow_version

@@ -135,6 +135,7 @@ def test_sample_level_errors_do_not_fail_the_others(client):
 def test_flow_info_health_ready_metrics_docs(client):
     info = client.get("/v1/flow").json()
     assert info["flow_version"] >= 0 and info["queue_backend"] == "memory"
+    assert info["dtype"] == "float32"  # FLOWFIELD_DTYPE unset: float32 on cpu
     assert info["metadata"]["context"] == "prev" and info["metadata"]["hooked_layers"] == [1, 2, 3]
     assert info["metadata"]["width"] == 128 and info["metadata"]["depth"] == 4
     assert client.get("/healthz").json() == {"status": "ok"}

@@ -155,12 +155,14 @@ class FlowInfo:
     last_update: float | None = None
     pending: int = 0
     queue_backend: str = ""
+    dtype: str = ""  # float32 or bfloat16 ("" from a server that does not report it)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> FlowInfo:
         return cls(
             flow_version=int(d["flow_version"]),
             encoder=str(d.get("encoder", "")),
+            dtype=str(d.get("dtype", "")),
             metadata=dict(d.get("metadata") or {}),
             samples_trained=int(d.get("samples_trained") or 0),
             last_update=None if d.get("last_update") is None else float(d["last_update"]),
