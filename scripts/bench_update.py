@@ -14,18 +14,13 @@ import os
 
 import typer
 
+from flowfield.bench import update  # the benchmark itself: configuration, run, report
 from flowfield.bench.report import replace_section
-from flowfield.bench.update import (
-    SECTION,
-    UpdateBenchConfig,
-    markdown_section,
-    run_update_bench,
-)
 from flowfield.cli_options import Outputs, config_command, measuring_args
 
 
-def run(cfg: UpdateBenchConfig, out: Outputs) -> None:
-    res = run_update_bench(cfg, out.workdir, log=lambda m: typer.echo(m, err=True))
+def run(cfg: update.UpdateBenchConfig, out: Outputs) -> None:
+    res = update.run_update_bench(cfg, out.workdir, log=lambda m: typer.echo(m, err=True))
     lat, thr = res["latency"], res["throughput"]
     typer.echo(
         f"update served (no other load): p50 {lat['served_p50_s']:.3f}s "
@@ -52,14 +47,14 @@ def run(cfg: UpdateBenchConfig, out: Outputs) -> None:
         command = "python " + " ".join(["scripts/bench_update.py", *args])
         if env is not None:
             command = f"FLOWFIELD_THREADS={env} {command}"
-        replace_section(out.markdown, markdown_section(res, command), SECTION)
+        replace_section(out.markdown, update.markdown_section(res, command), update.SECTION)
         typer.echo(f"updated {out.markdown}", err=True)
 
 
 if __name__ == "__main__":
     outputs = {
         "json": "write all numbers as JSON here",
-        "markdown": f"replace this file's '{SECTION}' section",
+        "markdown": f"replace this file's '{update.SECTION}' section",
         "workdir": "keep the server's log and checkpoints here",
     }
-    typer.run(config_command(UpdateBenchConfig, run, outputs))
+    typer.run(config_command(update.UpdateBenchConfig, run, outputs))
