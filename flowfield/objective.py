@@ -11,7 +11,6 @@ flattened into one batch of rows so the network runs once.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -157,11 +156,20 @@ class NoiseBank:
             return out
 
 
-def token_deviations(net: nn.Module, h: torch.Tensor, *args: Any, **options: Any) -> torch.Tensor:
+def token_deviations(
+    net: nn.Module,
+    h: torch.Tensor,
+    ctx: torch.Tensor,
+    positions: torch.Tensor,
+    layer_fractions: Sequence[float],
+    timesteps: Sequence[float],
+    noise: NoiseBank,
+    noise_draws: int = 1,
+    **options: Any,
+) -> torch.Tensor:
     """Raw per-token deviation e for N packed tokens: [N] (float32).
 
-    The arguments are `deviation_sum`'s: (net, h, ctx, positions, layer_fractions,
-    timesteps, noise, noise_draws=1, max_rows=..., fixed_rows=0, check=None), all pairs.
+    options: `deviation_sum`'s max_rows, fixed_rows and check; every (timestep, draw) pair.
 
     e = mean over timesteps t, noise draws j and layers l of
         t/(1-t) * (1/d) ||v(t h + (1-t) eps, t, c, l) - (h - eps)||^2
@@ -182,10 +190,10 @@ def token_deviations(net: nn.Module, h: torch.Tensor, *args: Any, **options: Any
     L, N, _ = h.shape
     if N == 0:
         return torch.zeros(0)
-    bound = inspect.signature(deviation_sum).bind(net, h, *args, **options)
-    bound.apply_defaults()
-    pairs = len(bound.arguments["timesteps"]) * bound.arguments["noise_draws"]
-    return deviation_sum(*bound.args, **bound.kwargs) / (pairs * L)
+    total = deviation_sum(
+        net, h, ctx, positions, layer_fractions, timesteps, noise, noise_draws, **options
+    )
+    return total / (len(timesteps) * noise_draws * L)
 
 
 def deviation_sum(

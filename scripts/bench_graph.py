@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so it runs from a checkout without installing
 
+from flowfield.bench.report import replace_section  # noqa: E402
 from flowfield.envs.rooms import grid_house, make_groups  # noqa: E402
 from flowfield.graph import (  # noqa: E402
     StateGraph,
@@ -54,14 +54,7 @@ def best_of(repeats: int, fn) -> float:
 
 def write_section(path: Path, body: str) -> None:
     """Add or replace only our section of the markdown file, leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block + "\n", text, count=1).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
+    replace_section(path, f"{SECTION}\n\n{body.strip()}\n", SECTION)
 
 
 def main() -> None:
