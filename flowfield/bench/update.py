@@ -383,6 +383,14 @@ def service_settings(cfg: UpdateBenchConfig) -> dict[str, object]:
     return {"learner_batch": cfg.samples, "log_level": "WARNING"}
 
 
+def _env_threads() -> int:
+    """FLOWFIELD_THREADS when set to a positive integer, else 1."""
+    try:
+        return max(1, int(os.environ.get("FLOWFIELD_THREADS", "1")))
+    except ValueError:
+        return 1
+
+
 def run_update_bench(
     cfg: UpdateBenchConfig, workdir: Path | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -395,7 +403,7 @@ def run_update_bench(
 
     cfg.check()
     if cfg.threads == 0:  # the service's own variable, so FLOWFIELD_THREADS=1 ... says it all
-        cfg = dataclasses.replace(cfg, threads=max(1, int(os.environ.get("FLOWFIELD_THREADS", 1))))
+        cfg = dataclasses.replace(cfg, threads=_env_threads())
     torch.set_num_threads(cfg.threads)
     load_before = os.getloadavg()[0]
     tmp = None
