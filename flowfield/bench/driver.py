@@ -20,7 +20,6 @@ from flowfield.bench.report import summarise
 from flowfield.bench.workload import (
     BenchConfig,
     Group,
-    bench_dtype,
     build_flow,
     build_policy,
     flatten,
@@ -178,7 +177,7 @@ def run_bench(
             model_dir,
             max_batch_tokens=cfg.batch_max_tokens,
             device=cfg.device,
-            dtype=bench_dtype(cfg),
+            dtype=cfg.dtype,  # None: the library's default (bf16 on cuda, float32 on cpu)
         )
         log(f"dtype {encoder.precision.name} ({encoder.precision.reason})")
         flow_dir = build_flow(workdir / "flow", encoder, cfg)

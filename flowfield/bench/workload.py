@@ -59,13 +59,6 @@ class BenchConfig:
             check_dtype_name(self.dtype)
 
 
-def bench_dtype(cfg: BenchConfig) -> str:
-    """The dtype name every path runs in (`auto` resolved by the encoder, see driver)."""
-    if cfg.dtype is not None:
-        return cfg.dtype
-    return "bfloat16" if cfg.device.startswith("cuda") else "float32"
-
-
 @dataclass
 class Group:
     group_id: str
