@@ -66,6 +66,11 @@ CONFIGS: dict[str, dict] = {
     "prev-long": {"ctx": "prev", "steps": 5000},
     "prev-blocks23": {"ctx": "prev", "layers": (2, 3)},
     "prev-seed1": {"ctx": "prev", "seed": 1},
+    # the previous token's latent at the deepest hooked block conditions every layer: the
+    # state the policy predicted this token from
+    "prev-deep": {"ctx": "prev-deep"},
+    "prev-deep-wide": {"ctx": "prev-deep", "width": 256},
+    "prev-deep-blocks012": {"ctx": "prev-deep", "layers": (0, 1, 2)},
 }
 
 
@@ -115,21 +120,34 @@ def error_profile(c: dict) -> dict:
     }
 
 
-def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
-    cfg = {**BASE, **changes}
-    t0 = time.time()
+def _latents(c: dict, cfg: dict) -> tuple[torch.Tensor, ...]:
+    """Expert and rollout latents and context latents [L, N, d] for a config (raw or std)."""
     layers = list(cfg["layers"])
-    fracs = [ALL_FRACTIONS[i] for i in layers]
-    ctx_key = {"next": ("En", "Rn"), "prev": ("Ep", "Rp")}.get(cfg["ctx"])
+    ctx_key = {"next": ("En", "Rn"), "prev": ("Ep", "Rp"), "prev-deep": ("Ep", "Rp")}.get(
+        cfg["ctx"]
+    )
+    # "prev-deep": every layer's context is the deepest hooked block's
+    ctx_layers = [max(layers)] * len(layers) if cfg["ctx"] == "prev-deep" else layers
     eh, rh = c["Eh"][layers].float(), c["Rh"][layers].float()
-    ec = c[ctx_key[0]][layers].float() if ctx_key else torch.zeros_like(eh)
-    rc = c[ctx_key[1]][layers].float() if ctx_key else torch.zeros_like(rh)
+    ec = c[ctx_key[0]][ctx_layers].float() if ctx_key else torch.zeros_like(eh)
+    rc = c[ctx_key[1]][ctx_layers].float() if ctx_key else torch.zeros_like(rh)
     if cfg["std"]:  # per layer and dimension, from the expert latents
         mu, sd = eh.mean(1, keepdim=True), eh.std(1, keepdim=True) + 1e-6
         eh, ec, rh, rc = ((x - mu) / sd for x in (eh, ec, rh, rc))
+    return eh, ec, rh, rc
+
+
+def fit_flow_on_cache(
+    c: dict, cfg: dict, name: str, progress: bool = True
+) -> tuple[FlowNet, list[float], float]:
+    """The config's flow fitted on the cached expert latents: (net in eval mode, its depth
+    fractions, the last step's loss)."""
+    fracs = [ALL_FRACTIONS[i] for i in cfg["layers"]]
+    eh, ec, _, _ = _latents(c, cfg)
     d = eh.shape[-1]
     torch.manual_seed(cfg["seed"])
-    net = FlowNet(flow_for_encoder(d, fracs, cfg["width"], cfg["depth"], cfg["ctx"]))
+    ctx_dir = "prev" if cfg["ctx"] == "prev-deep" else cfg["ctx"]
+    net = FlowNet(flow_for_encoder(d, fracs, cfg["width"], cfg["depth"], ctx_dir))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"], weight_decay=0.01)
     steps, batch = cfg["steps"], cfg["batch"]
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -143,7 +161,7 @@ def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
         idx = torch.randint(0, n_tok, (batch,), generator=g)
         x1 = eh[:, idx].reshape(-1, d).repeat(2, 1)
         cc = ec[:, idx].reshape(-1, d).repeat(2, 1)
-        ll = lf[:, None].expand(len(layers), batch).reshape(-1).repeat(2)
+        ll = lf[:, None].expand(len(fracs), batch).reshape(-1).repeat(2)
         t = logit_normal(x1.shape[0], g)
         eps = torch.randn(x1.shape, generator=g)
         loss = flow_matching_loss(net, x1, cc, ll, t, eps)
@@ -154,7 +172,15 @@ def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
         sched.step()
         if progress and step % 250 == 0:
             print(f"{name}: step {step}/{steps} loss {loss.item():.3f}", flush=True)
-    net.eval()
+    return net.eval(), fracs, loss.item()
+
+
+def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
+    cfg = {**BASE, **changes}
+    t0 = time.time()
+    net, fracs, final_loss = fit_flow_on_cache(c, cfg, name, progress)
+    _, _, rh, rc = _latents(c, cfg)
+    d = rh.shape[-1]
     off = c["Roff"]
     counts = torch.tensor([off[i + 1] - off[i] for i in range(len(off) - 1)])
     pos = torch.arange(int(counts.sum())) - torch.tensor(off[:-1]).repeat_interleave(counts)
@@ -173,7 +199,7 @@ def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
     return {
         "config": name,
         **{k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()},
-        "final_loss": round(loss.item(), 3),
+        "final_loss": round(final_loss, 3),
         "auroc_mean_deviation": round(auroc(mean, bad), 3),
         "auroc_max_deviation": round(auroc(mx, bad), 3),
         "max_deviation_in_f-1..f+2": round(float(np.mean(near)), 3),
