@@ -1,4 +1,4 @@
-"""The bundled demo: task, tokenizer, policy (30-70% right at T=1) and flow (learned signal)."""
+"""The bundled demo: task, tokenizer, policy (60-90% right at T=1) and flow (learned signal)."""
 
 import random
 
@@ -64,13 +64,13 @@ def test_tokenizer_is_character_level_and_round_trips():
 
 
 @pytest.mark.slow
-def test_bundled_policy_is_right_30_to_70_percent_at_temperature_1():
+def test_bundled_policy_is_right_60_to_90_percent_at_temperature_1():
     model = AutoModelForCausalLM.from_pretrained(DEMO_ASSETS / "policy")
     tok = AutoTokenizer.from_pretrained(DEMO_ASSETS / "policy")
     _, _, held_out = split_problems(0)
     rollouts = sample_rollouts(model, tok, held_out[:300], temperature=1.0, seed=1)
     acc = sum(r.reward for r in rollouts) / len(rollouts)
-    assert 0.3 <= acc <= 0.7, acc
+    assert 0.6 <= acc <= 0.9, acc  # trained to 75% on validation problems
     greedy = sample_rollouts(model, tok, held_out[:100], temperature=1e-4, seed=1)
     assert sum(r.reward for r in greedy) / 100 > acc  # sampling noise causes the errors
     wrong = [r for r in rollouts if r.reward == 0]
