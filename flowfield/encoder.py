@@ -43,6 +43,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from flowfield.latent_memo import LatentMemo, memo_key
 from flowfield.precision import Precision, dtype_name, resolve_dtype
 
 log = logging.getLogger("flowfield.encoder")
@@ -217,8 +218,11 @@ class LatentEncoder:
         revision: str | None = None,
         max_batch_tokens: int = 16384,
         share_prompts: bool = True,
+        memo_bytes: int = 0,
     ) -> None:
         """share_prompts: encode a prompt shared by several samples once (KV reuse).
+        memo_bytes: keep up to this many bytes of scored samples' latents for the learner
+        (flowfield.latent_memo; 0 = no memo).
 
         dtype: a torch dtype, or "float32", "bfloat16" or "auto" (bf16 where it measures
         faster, see flowfield.precision); None: bf16 on cuda, float32 elsewhere. The chosen
@@ -276,6 +280,7 @@ class LatentEncoder:
         self._pad = 0 if pad is None else int(pad)
         # may be switched off by hand (benchmarks); only switched on where it is known to work
         self.share_prompts = share_prompts and self._prompt_sharing_works()
+        self.memo = LatentMemo(memo_bytes) if memo_bytes > 0 else None
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
@@ -377,12 +382,16 @@ class LatentEncoder:
         responses: Sequence[Sequence[int]],
         fixed_shapes: bool = False,
         check: Callable[[], None] | None = None,
+        remember: bool = False,
+        reuse: bool = False,
     ) -> EncodedBatch:
         """Latents of every response token (and its neighbours) of every sample, packed.
 
         Samples keep their input order in the packed output. fixed_shapes: every forward's
         shapes depend on one sample alone (batch invariance, see `_encode_fixed`); check is
         then called before each forward and may raise to abandon the call (shutdown).
+        With a `memo` (flowfield.latent_memo): remember puts each encoded sample in it
+        (scoring), reuse takes samples found there instead of encoding them (the learner).
         """
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
@@ -392,15 +401,40 @@ class LatentEncoder:
         # per sample: [L, R + 2, d] = latent before the first response token (zero without a
         # prompt), the R response latents, a zero row after the end
         per_sample: list[torch.Tensor | None] = [None] * n
+        memo = self.memo if remember or reuse else None
+        keys = [memo_key(p, r) for p, r in zip(prompts, responses)] if memo is not None else []
+        if memo is not None and reuse:
+            per_sample = [memo.get(k) for k in keys]
+        todo = [i for i in range(n) if per_sample[i] is None]
+        if todo:
+            fresh = self._encode_samples(
+                [prompts[i] for i in todo], [responses[i] for i in todo], fixed_shapes, check
+            )
+            for i, latents in zip(todo, fresh):
+                per_sample[i] = latents
+                if memo is not None and remember:
+                    memo.put(keys[i], latents)
+        return self._pack(per_sample, responses)
+
+    def _encode_samples(
+        self,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        fixed_shapes: bool,
+        check: Callable[[], None] | None,
+    ) -> list[torch.Tensor | None]:
+        """Each sample's [L, R + 2, d] latents (see encode)."""
+        n = len(prompts)
+        per_sample: list[torch.Tensor | None] = [None] * n
         if fixed_shapes:
             self._encode_fixed(prompts, responses, per_sample, check or _no_check)
-            return self._pack(per_sample, responses)
+            return per_sample
         groups = self._shared_prompt_groups(prompts, responses) if self.share_prompts else []
         grouped = {i for g in groups for i in g}
         alone = [i for i in range(n) if i not in grouped]
         self._encode_alone(alone, prompts, responses, per_sample)
         self._encode_groups(groups, prompts, responses, per_sample)
-        return self._pack(per_sample, responses)
+        return per_sample
 
     def _encode_fixed(
         self,

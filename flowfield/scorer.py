@@ -151,7 +151,10 @@ class FlowScorer:
         """Each sample's response latents and context latents as the flow models them
         (standardised): (h, ctx), each [L, R, d], on the encoder's device."""
         invariant = self.batch_invariant if batch_invariant is None else batch_invariant
-        batch = self.encoder.encode(prompts, responses, fixed_shapes=invariant, check=check)
+        # remember: the learner may get these samples next (encoder.memo, when it has one)
+        batch = self.encoder.encode(
+            prompts, responses, fixed_shapes=invariant, check=check, remember=True
+        )
         # the flow models standardised latents when it was fitted with statistics
         h, ctx = self.flow.prepare(batch.h, batch.context(self.meta.config.context))
         o = batch.offsets

@@ -66,6 +66,10 @@ PENDING_SAMPLES = Gauge(
 LEARNER_LOSS = Gauge("flowfield_learner_loss", "flow-matching loss of the last learner step")
 LEARNER_STEPS = Counter("flowfield_learner_steps_total", "learner optimiser steps")
 SAMPLES_TRAINED = Counter("flowfield_samples_trained_total", "samples the learner trained on")
+LATENTS_REUSED = Counter(
+    "flowfield_learner_latents_reused_total",
+    "samples the learner trained on with the latents scoring had computed (no second encoder pass)",
+)
 FLOW_VERSION = Gauge("flowfield_flow_version", "flow version this process scores with")
 ENCODER_INFO = Info("flowfield_encoder", "policy encoder in use (labels: name, revision, ...)")
 POLICY_EPOCH = Gauge(

@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         1.0, description="/update trains on samples with reward >= this"
     )
     learner: bool = Field(True, description="run the learner inside the serving process")
+    latent_memo_mb: float = Field(
+        256.0,
+        ge=0,
+        description="memory for the latents of recently scored samples, which the in-process "
+        "learner takes instead of encoding an /update's samples again (0 = off; a "
+        "stand-alone learner cannot use it)",
+    )
     learner_batch: int = Field(64, description="samples per online refinement step")
     learner_lr: float = Field(1e-4, description="online Adam learning rate (betas 0.9, 0.95)")
     learner_min_lr: float = Field(1e-5, description="cosine floor of the online learning rate")

@@ -212,6 +212,8 @@ class ServiceState:
             name=name,
             revision=revision,
             max_batch_tokens=s.batch_max_tokens,
+            # only an in-process learner can read what scoring remembers
+            memo_bytes=int(s.latent_memo_mb * 2**20) if s.learner else 0,
         )
 
     @property

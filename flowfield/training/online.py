@@ -79,7 +79,7 @@ class OnlineRefiner:
         return self._latents(prompts, responses)
 
     def _latents(self, prompts, responses) -> tuple[torch.Tensor, torch.Tensor]:
-        enc = self.encoder.encode(prompts, responses)
+        enc = self.encoder.encode(prompts, responses, reuse=True)  # scored ones: memo
         h, ctx = enc.h.clone().float(), enc.context(self.meta.config.context).clone().float()
         return self.flow.prepare(h, ctx)
 

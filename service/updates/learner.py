@@ -59,6 +59,7 @@ from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.training.online import OnlineRefiner
 from service.metrics import (
     FLOW_VERSION,
+    LATENTS_REUSED,
     LEARNER_LOSS,
     LEARNER_STEPS,
     PENDING_SAMPLES,
@@ -547,9 +548,14 @@ class Learner:
                 entries: list[Entry]) -> tuple[torch.Tensor, torch.Tensor]:
         """First blocking part of a step (model thread): the policy encodes the samples."""
         guard = self.encoder_lock if self.encoder_lock is not None else contextlib.nullcontext()
+        memo = refiner.encoder.memo  # what /score encoded lately (in-process learner only)
+        hits = memo.hits if memo is not None else 0
         with guard:
-            return refiner.latents([e.sample.prompt_ids for e in entries],
-                                   [e.sample.response_ids for e in entries])
+            latents = refiner.latents([e.sample.prompt_ids for e in entries],
+                                      [e.sample.response_ids for e in entries])
+        if memo is not None:
+            LATENTS_REUSED.inc(memo.hits - hits)
+        return latents
 
     def _train(self, refiner: OnlineRefiner, entries: list[Entry],
                latents: tuple[torch.Tensor, torch.Tensor]

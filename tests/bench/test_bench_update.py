@@ -52,6 +52,9 @@ def test_bench_update_script_end_to_end(tmp_path):
     assert v["end"] == v["expected_end"] == v["start"] + n
     assert v["samples_trained"] == n * TINY["samples"]
     assert res["settings"]["FLOWFIELD_LEARNER_BATCH"] == TINY["samples"]
+    # every update's samples were scored first, so the learner encoded none of them again
+    assert res["config"]["scored_first"] is True
+    assert res["latents_reused"] == n * TINY["samples"]
     records = res["warmup"] + res["latency"]["updates"] + res["throughput"]["updates"]["updates"]
     assert [r["version"] for r in records] == list(range(v["start"] + 1, v["end"] + 1))
     for r in records:
