@@ -49,7 +49,12 @@ def test_every_arm_ran_the_loop(smoke):
         assert [e["step"] for e in run["eval"]] == [0, 1, 2], arm
         for t in run["train"]:
             assert t["score_errors"] == 0
-            assert math.isfinite(t["loss"]) and t["grad_norm"] > 0
+            assert math.isfinite(t["loss"]) and t["grad_norm"] >= 0
+            # GRPO learns from groups with both outcomes, the shaping arms from token rewards
+            # too; rlvr on a batch whose every group is all-right or all-wrong has nothing to
+            # learn (the demo policy is right ~80% of the time, so that happens)
+            if t["mixed_groups"] > 0 or arm != "rlvr":
+                assert t["grad_norm"] > 0, (arm, t)
             assert t["flow_return"] is not None  # every arm scores through the service
             assert 0.0 <= t["reward"] <= 1.0
         for e in run["eval"]:
