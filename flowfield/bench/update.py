@@ -17,7 +17,10 @@ Redis), every inherited FLOWFIELD_* variable removed, and two settings:
 Workload (real demo-task data, token ids from the demo tokenizer):
   /update   expert solutions (the demo's scratchpad, `flowfield.demo.task.expert_solution`) of
             the refinement problems (`flowfield.evaluation.problems.refine_problems`), each
-            with verifier reward 1.0 (accepted), `samples` per request, never repeated.
+            with verifier reward 1.0 (accepted), `samples` per request, never repeated;
+            with `scored_first` (the default) each was sent to /score once during set-up,
+            as a trainer scores its rollouts before it sends the accepted ones, so the
+            learner can take their latents from scoring's memo (flowfield/latent_memo.py).
   /score    rollouts the demo policy samples at temperature 1 (`flowfield.demo.policy`) for
             the dev problems: `score_groups` groups of `group_size` rollouts per request with
             their verifier rewards, group ids and return_advantages, i.e. the request
