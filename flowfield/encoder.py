@@ -182,7 +182,7 @@ class EncodedBatch:
         raise ValueError(f"unknown context direction {direction!r}")
 
 
-def _revision_of(path: Path) -> str:
+def weights_revision(path: Path) -> str:
     """A short fingerprint of the weights when no revision is given.
 
     Hashes each weights file's name, size and first and last MiB: stable across copies and
@@ -261,7 +261,7 @@ class LatentEncoder:
         self.min_batch_tokens = 1024 if self.device.type == "cpu" else 4096
         self.identity = EncoderIdentity(
             name=name or _model_name(path),
-            revision=revision or _revision_of(path),
+            revision=revision or weights_revision(path),
             model_type=str(self.config.model_type),
             hidden_size=self.hidden_size,
             num_layers=self.num_layers,

@@ -23,30 +23,34 @@ import typer
 from flowfield.demo import DEMO_POLICY
 from flowfield.demo.task import expert_solution
 from flowfield.encoder import LatentEncoder
-from flowfield.evaluation.diagnose import BASE, _cache, fit_flow_on_cache
+from flowfield.evaluation.diagnose import (
+    BASE,
+    CONFIGS,
+    _cache,
+    default_cache,
+    fit_flow_on_cache,
+    packed_deviations,
+)
 from flowfield.evaluation.metrics import auroc
 from flowfield.evaluation.problems import eval_problems, expert_problems
-from flowfield.objective import NoiseBank, token_deviations
 
 MIN_COUNT = 20  # token ids seen fewer times in the expert pool use the global statistics
 
 
 def main(
     policy: Path = typer.Option(DEMO_POLICY, help="policy directory (a 4-block demo policy)"),
-    cache: Path = typer.Option(None, help="latent cache file (default runs/diagnose/NAME.pt)"),
+    cache: Path = typer.Option(
+        None, help="latent cache file (default runs/diagnose/NAME-REVISION.pt)"
+    ),
     threads: int = typer.Option(2, help="torch CPU threads"),
 ) -> None:
     torch.set_num_threads(threads)
-    c = _cache(cache or Path("runs/diagnose") / f"{policy.name}.pt", policy, 500)
-    cfg = {**BASE, "ctx": "prev"}
+    c = _cache(cache or default_cache(policy), policy, 500)
+    cfg = {**BASE, **CONFIGS["prev"]}
     net, fracs, _ = fit_flow_on_cache(c, cfg, "prev")
-    d = c["Eh"].shape[-1]
 
     def deviations(h: torch.Tensor, ctx: torch.Tensor, off: list[int]) -> torch.Tensor:
-        counts = torch.tensor([off[i + 1] - off[i] for i in range(len(off) - 1)])
-        pos = torch.arange(int(counts.sum())) - torch.tensor(off[:-1]).repeat_interleave(counts)
-        with torch.inference_mode():
-            return token_deviations(net, h, ctx, pos, fracs, (0.8,), NoiseBank(d, 0), 1)
+        return packed_deviations(net, h, ctx, off, fracs)
 
     enc = LatentEncoder(policy, layer_fractions=tuple(fracs))
     tok = enc.tokenizer

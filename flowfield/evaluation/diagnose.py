@@ -28,7 +28,7 @@ import typer
 
 from flowfield.demo import DEMO_POLICY
 from flowfield.demo.task import expert_solution
-from flowfield.encoder import LatentEncoder
+from flowfield.encoder import LatentEncoder, weights_revision
 from flowfield.evaluation.logits import token_logit_stats
 from flowfield.evaluation.metrics import auroc
 from flowfield.evaluation.problems import eval_problems, expert_problems
@@ -175,18 +175,31 @@ def fit_flow_on_cache(
     return net.eval(), fracs, loss.item()
 
 
+def packed_deviations(
+    net: FlowNet, h: torch.Tensor, ctx: torch.Tensor, offsets: list[int], fracs: list[float]
+) -> torch.Tensor:
+    """Raw deviations [N] of packed samples (h, ctx [L, N, d]; offsets as EncodedBatch's), at
+    the demo's scoring settings: t = 0.8, one noise draw of a seed-0 bank."""
+    counts = torch.tensor([offsets[i + 1] - offsets[i] for i in range(len(offsets) - 1)])
+    pos = torch.arange(int(counts.sum())) - torch.tensor(offsets[:-1]).repeat_interleave(counts)
+    with torch.inference_mode():
+        return token_deviations(net, h, ctx, pos, fracs, (0.8,), NoiseBank(h.shape[-1], 0), 1)
+
+
+def default_cache(policy: Path) -> Path:
+    """runs/diagnose/NAME-REVISION.pt: keyed by the weights too, so a retrained policy in the
+    same directory never reads the latents of the one before it."""
+    return Path("runs/diagnose") / f"{policy.name}-{weights_revision(policy)}.pt"
+
+
 def run_config(c: dict, name: str, progress: bool = True, **changes) -> dict:
     cfg = {**BASE, **changes}
     t0 = time.time()
     net, fracs, final_loss = fit_flow_on_cache(c, cfg, name, progress)
     _, _, rh, rc = _latents(c, cfg)
-    d = rh.shape[-1]
     off = c["Roff"]
-    counts = torch.tensor([off[i + 1] - off[i] for i in range(len(off) - 1)])
-    pos = torch.arange(int(counts.sum())) - torch.tensor(off[:-1]).repeat_interleave(counts)
-    with torch.inference_mode():
-        e = token_deviations(net, rh, rc, pos, fracs, (0.8,), NoiseBank(d, 0), 1)
-    devs = torch.split(e, counts.tolist())
+    counts = [off[i + 1] - off[i] for i in range(len(off) - 1)]
+    devs = torch.split(packed_deviations(net, rh, rc, off, fracs), counts)
     bad = np.array(c["reward"]) < 1
     mean = np.array([float(x.mean()) for x in devs])
     mx = np.array([float(x.max()) for x in devs])
@@ -212,12 +225,14 @@ def main(
     configs: str = typer.Option("base,std", help=f"comma-separated, of {', '.join(CONFIGS)}"),
     json_out: Path = typer.Option(None, "--json", help="append one JSON line per config"),
     policy: Path = typer.Option(DEMO_POLICY, help="policy directory (a 4-block demo policy)"),
-    cache: Path = typer.Option(None, help="latent cache file (default runs/diagnose/NAME.pt)"),
+    cache: Path = typer.Option(
+        None, help="latent cache file (default runs/diagnose/NAME-REVISION.pt)"
+    ),
     dev: int = typer.Option(500, help="dev-split rollouts"),
     threads: int = typer.Option(1, help="torch CPU threads"),
 ) -> None:
     torch.set_num_threads(threads)
-    c = _cache(cache or Path("runs/diagnose") / f"{policy.name}.pt", policy, dev)
+    c = _cache(cache or default_cache(policy), policy, dev)
     bad = np.array(c["reward"]) < 1
     nll = np.array([float(x.mean()) for x in c["nll"]])
     head = {

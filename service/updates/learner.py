@@ -546,7 +546,8 @@ class Learner:
 
     def _encode(self, refiner: OnlineRefiner,
                 entries: list[Entry]) -> tuple[torch.Tensor, torch.Tensor]:
-        """First blocking part of a step (model thread): the policy encodes the samples."""
+        """First blocking part of a step (model thread): the policy encodes the samples that
+        scoring's memo does not hold (flowfield/latent_memo.py)."""
         guard = self.encoder_lock if self.encoder_lock is not None else contextlib.nullcontext()
         memo = refiner.encoder.memo  # what /score encoded lately (in-process learner only)
         hits = memo.hits if memo is not None else 0
