@@ -6,8 +6,8 @@ A checkpoint is a directory:
 Each file is written to a temporary name and renamed into place, so a reader never sees a
 half-written checkpoint. The metadata records the network's shape, the context direction,
 the layer fractions and the encoder's identity; loading against an encoder the flow does not
-fit is an error that names the mismatch (RLFR.md s3: the authors silently trained with one
-context direction and rewarded with the other).
+fit is an error that names the mismatch (the authors silently trained with one context
+direction and rewarded with the other: docs/method.md#differences-from-the-authors-code).
 
 The metadata's `extra["policy_revision"]` is the label (`name@revision`) of the policy encoder
 a flow version was trained against: an online-refined version records the learner's encoder

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from flowfield import defaults
 from flowfield.cli_options import comma_separated, fail
-from flowfield.experiments.cli import experiment_app
 
 app = typer.Typer(
     add_completion=False,
@@ -16,7 +16,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="flowfield: flow rewards (RLFR) and graph rewards (RewardFlow) for RL",
 )
-app.add_typer(experiment_app, name="experiment")  # flowfield experiment rlfr | report
 
 
 @app.callback()
@@ -46,9 +45,11 @@ def fit(
     replicas: int = typer.Option(2, help="fresh (t, noise) draws per token per step"),
     width: int = typer.Option(0, help="flow width W (0 = the model's hidden size)"),
     depth: int = typer.Option(4, help="residual blocks N"),
-    context: str = typer.Option("next", help="neighbour latent used as context: next|prev|none"),
+    context: str = typer.Option(
+        defaults.CONTEXT, help="neighbour latent used as context: next|prev|none"
+    ),
     layers: str = typer.Option(
-        "0.25,0.5,0.75",
+        ",".join(str(p) for p in defaults.LAYER_FRACTIONS),
         help="hooked depth fractions: p reads block round(p * num_layers), 0-based, i.e. "
         "hidden_states[round(p * L) + 1] (0.25 of 4 layers is block 1 = hidden_states[2])",
     ),
@@ -131,10 +132,17 @@ def eval_command(
     split: str = typer.Option("eval", help="demo problems: eval (held-out) or dev (levers)"),
     temperature: float = typer.Option(1.0, help="demo sampling temperature"),
     seed: int = typer.Option(0, help="seed of the demo sampling and the bootstrap"),
-    timesteps: str = typer.Option("0.8", help="rewarding timesteps, comma-separated"),
-    noise_draws: int = typer.Option(1, help="noise draws per token and timestep"),
+    timesteps: str = typer.Option(
+        ",".join(str(t) for t in defaults.TIMESTEPS), help="rewarding timesteps, comma-separated"
+    ),
+    noise_draws: int = typer.Option(
+        defaults.NOISE_DRAWS, help="noise draws per token and timestep"
+    ),
     normalization: str = typer.Option(
-        "bilateral", help="bilateral, unilateral or expert (returns for all are reported)"
+        None,
+        help="normalisation of the headline flow return and the token rewards: "
+        + defaults.normalization_help("default: the service's, " + defaults.NORMALIZATION)
+        + " (the returns under every normalisation are reported too)",
     ),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the AUROC intervals"),
     refine: bool = typer.Option(False, help="also measure the flow after one refinement round"),

@@ -43,12 +43,21 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicLayer
 
+from flowfield import defaults
 from flowfield.latent_memo import LatentMemo, memo_key
 from flowfield.precision import Precision, dtype_name, resolve_dtype
 
 log = logging.getLogger("flowfield.encoder")
 
-DEFAULT_LAYER_FRACTIONS = (0.25, 0.5, 0.75)
+# transformers' from_pretrained swaps class and module attributes for the duration of a load
+# (PreTrainedModel.tie_weights and init_weights, torch's init functions) and puts back what it
+# found, so two loads that overlap in one process can leave a no-op behind, after which a
+# later load skips weight tying (a GPT-2 policy's lm_head stays on the meta device). A process
+# that loads policies from several threads (serving states, a policy reload beside a learner)
+# takes them one at a time.
+MODEL_LOAD_LOCK = threading.Lock()
+
+DEFAULT_LAYER_FRACTIONS = defaults.LAYER_FRACTIONS
 
 
 class _StopForward(Exception):
@@ -245,7 +254,9 @@ class LatentEncoder:
         else:
             self.precision = Precision(dtype, dtype_name(dtype), "requested")
         self.dtype = dtype = self.precision.dtype
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        with MODEL_LOAD_LOCK:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        self.model = model.to(self.device).eval()
         self.tokenizer: PreTrainedTokenizerBase | None = _load_tokenizer(path)
         self.config = self.model.config
         self.num_layers = int(self.config.num_hidden_layers)

@@ -1,4 +1,4 @@
-"""FlowNet: the velocity field v(x_t, t, c, l) over the policy's latent space (RLFR.md s3).
+"""FlowNet: the velocity field v(x_t, t, c, l) over policy latents (docs/method.md#flow-network).
 
 One network is shared by all hooked layers. The conditioning vector is
 
@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flowfield import defaults
+
 CONTEXT_DIRECTIONS = ("next", "prev", "none")
 MAX_EMBEDDING_CACHE = 64  # distinct (t, layer) pairs embedded one by one and cached
 
@@ -28,8 +30,8 @@ class FlowConfig:
     hidden_size: int  # d, the policy's hidden size
     width: int  # W; RLFR uses W = d
     depth: int = 4  # N residual blocks (4 for ~1.5-3B policies, 6 for 7-8B)
-    layer_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
-    context: str = "next"  # which neighbour's latent conditions the field
+    layer_fractions: tuple[float, ...] = defaults.LAYER_FRACTIONS
+    context: str = defaults.CONTEXT  # which neighbour's latent conditions the field
     freq_dim: int = 256  # sinusoidal embedding size for t and the layer fraction
     # standardise latents per hooked layer and dimension before the flow sees them (the
     # statistics travel with the weights as buffers; see FlowNet.standardize)

@@ -1,4 +1,4 @@
-"""Flow-matching loss and per-token deviation (RLFR.md s4, s5.1).
+"""Flow-matching loss and per-token deviation (docs/method.md, "Objective" and "Deviation").
 
 The objective knows the path and takes any velocity network with the FlowNet signature;
 it knows nothing of HTTP, tokenisers or reward shaping.
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from flowfield import defaults
 from flowfield.path import interpolate, score_weight, target_velocity
 
 
@@ -164,7 +165,7 @@ def token_deviations(
     layer_fractions: Sequence[float],
     timesteps: Sequence[float],
     noise: NoiseBank,
-    noise_draws: int = 1,
+    noise_draws: int = defaults.NOISE_DRAWS,
     **options: Any,
 ) -> torch.Tensor:
     """Raw per-token deviation e for N packed tokens: [N] (float32).
@@ -204,7 +205,7 @@ def deviation_sum(
     layer_fractions: Sequence[float],
     timesteps: Sequence[float],
     noise: NoiseBank,
-    noise_draws: int = 1,
+    noise_draws: int = defaults.NOISE_DRAWS,
     pairs: tuple[int, int] | None = None,
     carry: torch.Tensor | None = None,
     max_rows: int = 1 << 16,

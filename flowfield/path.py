@@ -1,4 +1,4 @@
-"""The rectified (linear) probability path of conditional flow matching (RLFR.md s4).
+"""The rectified (linear) probability path of conditional flow matching (docs/method.md#objective).
 
     x_t = t * x1 + (1 - t) * eps,   eps ~ N(0, I),   data at t = 1
     u   = x1 - eps                  (the target velocity, constant along the path)

@@ -1,17 +1,20 @@
-"""From raw deviations to dense token rewards and token advantages (RLFR.md s5.2-5.5).
+"""From raw deviations to dense token rewards and token advantages (docs/method.md#flow-rewards).
 
 Per sample (a 1-D tensor of its response tokens' deviations e):
-  1. normalise to s:
-     - "bilateral" / "unilateral" (RLFR): min-max over the sample's own tokens,
-       s = (e - min) / (max - min), bilateral mapped to [-1, 1] by 2 (s - 0.5). Every
-       sample spans the same range whatever its deviation level, so a sample's sum of
-       rewards says nothing about how far it is from the expert data (a spiky incorrect
-       rollout can even get a higher return than a clean correct one).
-     - "expert": against the deviation distribution of held-out expert data recorded in the
-       flow checkpoint (its calibration): z = (log e - mean) / std, s = clip(z / 3, -1, 1).
-       A token the flow explains as well as typical expert tokens gets s ~ 0, one three
-       standard deviations worse s = 1, so a rollout with larger deviations gets a lower
-       return: the sequence-level sign is kept.
+  1. normalise to s (defaults.NORMALIZATIONS names each mode by what it does):
+     - "bilateral": per-sequence min-max to [-1, 1], s = 2 ((e - min) / (max - min) - 0.5);
+       "unilateral": per-sequence min-max to [0, 1], s = (e - min) / (max - min), so every
+       reward is <= 0 (the authors' released scripts' setting). Every sample spans the same
+       range whatever its deviation level, so a sample's sum of rewards says nothing about
+       how far it is from the expert data (a spiky incorrect rollout can even get a higher
+       return than a clean correct one).
+     - "expert": z-score of the log deviation against the deviations of held-out expert
+       data recorded in the flow checkpoint (its calibration): z = (log e - mean) / std,
+       s = clip(z / 3, -1, 1). A token the flow explains as well as typical expert tokens
+       gets s ~ 0, one three standard deviations worse s = 1, so a rollout with larger
+       deviations gets a lower return: the sequence-level sign is kept.
+     Without a normalisation asked for, `resolve_normalization` picks the default
+     (defaults.NORMALIZATION, "expert") or its fallback ("bilateral").
   2. zero every |s| <= eta; if more than K tokens survive, keep the top K
      (bilateral: the ceil(K/2) highest and the floor(K/2) lowest survivors; unilateral: the
      highest; expert: the largest |s|)
@@ -30,7 +33,9 @@ from dataclasses import dataclass
 
 import torch
 
-NORMALIZATIONS = ("bilateral", "unilateral", "expert")
+from flowfield import defaults
+
+NORMALIZATIONS = tuple(defaults.NORMALIZATIONS)  # ("bilateral", "unilateral", "expert")
 # "expert" mode: a token EXPERT_Z_SCALE standard deviations above the expert mean gets s = 1
 EXPERT_Z_SCALE = 3.0
 
@@ -41,8 +46,8 @@ class Calibration:
 
     log_mean: float
     log_std: float
-    timesteps: tuple[float, ...] = (0.8,)
-    noise_draws: int = 1
+    timesteps: tuple[float, ...] = defaults.TIMESTEPS
+    noise_draws: int = defaults.NOISE_DRAWS
     tokens: int = 0  # how many expert tokens the statistics come from
 
     def __post_init__(self) -> None:
@@ -57,8 +62,8 @@ class Calibration:
         return cls(
             log_mean=float(d["log_mean"]),
             log_std=float(d["log_std"]),
-            timesteps=tuple(d.get("timesteps", (0.8,))),
-            noise_draws=int(d.get("noise_draws", 1)),
+            timesteps=tuple(d.get("timesteps", defaults.TIMESTEPS)),
+            noise_draws=int(d.get("noise_draws", defaults.NOISE_DRAWS)),
             tokens=int(d.get("tokens", 0)),
         )
 
@@ -73,7 +78,7 @@ class Calibration:
 
     @classmethod
     def from_deviations(
-        cls, e: torch.Tensor, timesteps: Sequence[float], noise_draws: int = 1
+        cls, e: torch.Tensor, timesteps: Sequence[float], noise_draws: int = defaults.NOISE_DRAWS
     ) -> Calibration:
         """Statistics of a 1-D tensor of expert-token deviations."""
         le = torch.log(e.to(torch.float64).clamp_min(_TINY))
@@ -87,9 +92,13 @@ class Calibration:
             int(le.numel()),
         )
 
+    def fits(self, timesteps: Sequence[float]) -> bool:
+        """Whether deviations taken at these timesteps can use it (the calibrated ones)."""
+        return tuple(float(t) for t in timesteps) == self.timesteps
+
     def check(self, timesteps: Sequence[float]) -> None:
         """Raise ValueError unless deviations taken at these timesteps can use it."""
-        if tuple(float(t) for t in timesteps) != self.timesteps:
+        if not self.fits(timesteps):
             raise ValueError(
                 "normalization 'expert' is calibrated at timesteps "
                 f"{list(self.timesteps)}; the request asks for {list(timesteps)}"
@@ -99,15 +108,44 @@ class Calibration:
 _TINY = 1e-12
 
 
+def resolve_normalization(
+    requested: str | None,
+    calibration: Calibration | None,
+    timesteps: Sequence[float] | None = None,
+    default: str = defaults.NORMALIZATION,
+) -> str:
+    """The normalisation a sample is shaped with: the one asked for, else `default`.
+
+    The fallback rule, written only here: a default of "expert" becomes
+    defaults.FALLBACK_NORMALIZATION ("bilateral") where the flow cannot serve it, i.e. it
+    has no calibration (an older checkpoint, or a fit with too few samples to hold out), or
+    `timesteps` (when given) differ from the calibrated ones. An explicit "expert" is never
+    replaced: shaping with it fails instead (FlowScorer.check_options, `normalize`).
+    """
+    if requested:
+        return requested
+    if default == "expert" and (
+        calibration is None or (timesteps is not None and not calibration.fits(timesteps))
+    ):
+        return defaults.FALLBACK_NORMALIZATION
+    return default
+
+
 @dataclass(frozen=True)
 class RewardOptions:
-    normalization: str = "bilateral"
-    beta: float = 0.01
-    threshold: float = 0.6  # eta
-    top_k: int = 15  # K; 0 keeps every surviving token
+    """How deviations become token rewards (defaults: flowfield.defaults).
+
+    normalization None: the default, resolved per flow by `resolve_normalization` ("expert"
+    where the flow is calibrated at the scoring timesteps, else "bilateral").
+    """
+
+    normalization: str | None = None
+    beta: float = defaults.BETA
+    threshold: float = defaults.THRESHOLD  # eta
+    top_k: int = defaults.TOP_K  # K; 0 keeps every surviving token
 
     def __post_init__(self) -> None:
-        if self.normalization not in NORMALIZATIONS:
+        if self.normalization is not None and self.normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}")
         if not (math.isfinite(self.beta) and self.beta >= 0):
             # r = -beta * s: a negative beta would silently reward the deviations it penalises
@@ -119,13 +157,16 @@ class RewardOptions:
 
 
 def normalize(
-    e: torch.Tensor, mode: str = "bilateral", calibration: Calibration | None = None
+    e: torch.Tensor, mode: str | None = None, calibration: Calibration | None = None
 ) -> torch.Tensor:
     """Deviations [n] of one sample -> normalised s [n] (float64); see the module doc.
+
+    mode None: the default for this calibration (`resolve_normalization`).
 
     Per-sequence modes: a sequence whose deviations are all equal (including a single
     token) carries no ranking information and maps to 0 everywhere.
     """
+    mode = resolve_normalization(mode, calibration)
     if mode not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
     e = e.to(torch.float64)
@@ -171,9 +212,13 @@ def filter_tokens(s: torch.Tensor, threshold: float, top_k: int, mode: str) -> t
 def token_rewards(
     e: torch.Tensor, options: RewardOptions, calibration: Calibration | None = None
 ) -> torch.Tensor:
-    """Deviations [n] of one sample -> shaped dense rewards [n] (float64)."""
-    s = normalize(e, options.normalization, calibration)
-    s = filter_tokens(s, options.threshold, options.top_k, options.normalization)
+    """Deviations [n] of one sample -> shaped dense rewards [n] (float64).
+
+    A default normalisation (None) is resolved against `calibration` alone; FlowScorer
+    resolves it first, with the scoring timesteps too."""
+    mode = resolve_normalization(options.normalization, calibration)
+    s = normalize(e, mode, calibration)
+    s = filter_tokens(s, options.threshold, options.top_k, mode)
     return -options.beta * s + 0.0  # + 0.0 turns -0.0 into 0.0 in the JSON
 
 

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
+from flowfield import defaults
 from flowfield.checkpoint import check_compatible
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.objective import NoiseBank, deviation_sum
-from flowfield.rewards import Calibration, RewardOptions, group_advantages, token_rewards
+from flowfield.rewards import (
+    Calibration,
+    RewardOptions,
+    group_advantages,
+    resolve_normalization,
+    token_rewards,
+)
 
 # Batch invariance (FlowScorer.batch_invariant): the deviations of a sample are computed
 # with shapes that only that sample decides (encoder: each prompt and response alone, no
@@ -36,9 +43,13 @@ class ScoringInterrupted(Exception):
 
 @dataclass(frozen=True)
 class ScoreOptions:
+    """Every option of one scoring call (defaults: flowfield.defaults). The service builds
+    one per request (service/options.py), resolved by `FlowScorer.resolve`, and that object
+    travels unchanged through the scheduler to `shape`."""
+
     reward: RewardOptions = field(default_factory=RewardOptions)
-    timesteps: tuple[float, ...] = (0.8,)
-    noise_draws: int = 1
+    timesteps: tuple[float, ...] = defaults.TIMESTEPS
+    noise_draws: int = defaults.NOISE_DRAWS
 
     def __post_init__(self) -> None:
         check_timesteps(self.timesteps)
@@ -118,8 +129,8 @@ class FlowScorer:
         self,
         prompts: Sequence[Sequence[int]],
         responses: Sequence[Sequence[int]],
-        timesteps: Sequence[float] = (0.8,),
-        noise_draws: int = 1,
+        timesteps: Sequence[float] = defaults.TIMESTEPS,
+        noise_draws: int = defaults.NOISE_DRAWS,
         check: Callable[[], None] | None = None,
         batch_invariant: bool | None = None,
     ) -> list[torch.Tensor]:
@@ -206,24 +217,30 @@ class FlowScorer:
         n = len(timesteps) * noise_draws * len(self.meta.config.layer_fractions)
         return [s / n for s in sums]
 
-    def resolve_normalization(
-        self, requested: str | None, default: str, timesteps: Sequence[float]
-    ) -> str:
-        """The normalisation a request gets: the one it asked for, else `default`, except that
-        a default of "expert" falls back to "bilateral" where this flow cannot serve it (no
-        calibration, e.g. an older checkpoint, or other timesteps than the calibrated ones).
-        An explicit "expert" is never replaced: check_options refuses it instead."""
-        if requested:
-            return requested
-        if default == "expert":
-            try:
-                self.check_options(ScoreOptions(RewardOptions("expert"), tuple(timesteps)))
-            except ValueError:
-                return "bilateral"
-        return default
+    def resolve(
+        self,
+        options: ScoreOptions | None = None,
+        default_normalization: str = defaults.NORMALIZATION,
+    ) -> ScoreOptions:
+        """The options as this flow applies them: a normalisation left unset (None) becomes
+        `default_normalization`, or its fallback where this flow cannot serve it (the rule:
+        `flowfield.rewards.resolve_normalization`). Raises ValueError if the flow cannot
+        serve the options (an explicit "expert" without a matching calibration)."""
+        options = options or ScoreOptions()
+        norm = resolve_normalization(
+            options.reward.normalization,
+            self.calibration,
+            options.timesteps,
+            default_normalization,
+        )
+        if norm != options.reward.normalization:
+            options = replace(options, reward=replace(options.reward, normalization=norm))
+        self.check_options(options)
+        return options
 
     def check_options(self, options: ScoreOptions) -> None:
-        """Raise ValueError if this flow cannot shape rewards with these options."""
+        """Raise ValueError if this flow cannot shape rewards with these options (an unset
+        normalisation always can: its default falls back, see `resolve`)."""
         if options.reward.normalization == "expert":
             if self.calibration is None:
                 raise ValueError(
@@ -244,7 +261,7 @@ class FlowScorer:
         group_ids: samples with the same id share an outcome baseline (see `outcome_groups`
         for the rule `score` and the service use); None = each sample is its own group.
         """
-        self.check_options(options)
+        options = self.resolve(options)
         rewards = [token_rewards(e, options.reward, self.calibration) for e in deviations]
         advs: list[torch.Tensor | None] = [None] * len(deviations)
         if outcome_rewards is not None:
@@ -263,8 +280,7 @@ class FlowScorer:
     ) -> list[SampleScore]:
         """The library call behind /score: deviations, then `shape`. With outcome rewards,
         samples are grouped by `outcome_groups(prompts, group_ids)`."""
-        options = options or ScoreOptions()
-        self.check_options(options)
+        options = self.resolve(options)
         devs = self.deviations(prompts, responses, options.timesteps, options.noise_draws)
         groups = outcome_groups(prompts, group_ids) if outcome_rewards is not None else None
         return self.shape(devs, options, outcome_rewards, groups)

@@ -27,6 +27,7 @@ from service.auth import UPDATE_ENDPOINTS, open_update_warning
 from service.errors import error_response, install_error_handlers
 from service.logs import REQUEST_ID
 from service.routers import flow, graph, health, openrlhf, score, ui, update
+from service.routers.docs import install_docs
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -209,6 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="Dense per-token flow rewards (RLFR) and graph rewards (RewardFlow) for RL.",
         lifespan=lifespan,
+        # served from the package by install_docs, not from a CDN
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     install_error_handlers(app)
@@ -237,6 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ui.router,
     ):
         app.include_router(r)
+    install_docs(app)
     # docs/api.md: /score and /update are served too, with the same behaviour
     app.add_api_route(
         "/score",
@@ -286,7 +291,7 @@ DOCUMENTED_PATHS = frozenset(
 )
 # the endpoint labels of the request metrics: the documented paths, the undocumented aliases
 # /score and /update, and the docs pages
-_KNOWN = DOCUMENTED_PATHS | {"/score", "/update", "/docs", "/openapi.json"}
+_KNOWN = DOCUMENTED_PATHS | {"/score", "/update", "/docs", "/redoc", "/openapi.json"}
 
 
 def _record(path: str, status: int, seconds: float) -> None:

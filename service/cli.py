@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 import uvicorn
 
-from flowfield.bench.cli import bench_command  # stdlib + typer only; torch loads when it runs
+from flowfield.bench.cli import bench_app  # stdlib + typer only; torch loads when it runs
 from flowfield.cli import app
 
 
@@ -59,7 +59,9 @@ def serve(
     model: Path = typer.Option(None, help="policy directory (default: the bundled demo policy)"),
     flow: Path = typer.Option(None, help="initial flow checkpoint (default: the demo flow)"),
     redis_url: str = typer.Option(None, help="Redis URL for the durable update queue"),
-    no_learner: bool = typer.Option(False, help="do not train in this process"),
+    no_learner: bool = typer.Option(
+        False, "--no-learner", help="do not train in this process"
+    ),
     log_level: str = typer.Option(None, help="DEBUG, INFO, WARNING"),
     dtype: str = typer.Option(
         None,
@@ -121,7 +123,7 @@ def learn() -> None:
     run_learner(settings)
 
 
-app.command("bench")(bench_command)
+app.add_typer(bench_app, name="bench")  # flowfield bench [score] | update | graph
 
 
 def main() -> None:

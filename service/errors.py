@@ -37,6 +37,12 @@ class ApiError(Exception):
     def __post_init__(self) -> None:
         super().__init__(self.message)
 
+
+class Overloaded(Exception):
+    """The scoring queue is full; retry after a short wait (raised by the scheduler, answered
+    429 + Retry-After here)."""
+
+
 def error_response(
     status: int,
     code: str,
@@ -180,9 +186,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
-    # domain errors, mapped here once rather than in each router (imported here: the
-    # scheduler and the queue import this module)
-    from service.scheduler import Overloaded
+    # domain errors, mapped here once rather than in each router (the queue's error imported
+    # here: loading service.updates at import time would load the learner with this module)
     from service.updates.queue import QueueUnavailable
 
     @app.exception_handler(Overloaded)

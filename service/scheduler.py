@@ -42,10 +42,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from flowfield.rewards import RewardOptions
 from flowfield.scorer import FlowScorer, SampleScore, ScoreOptions, ScoringInterrupted
 from service import metrics
-from service.errors import ApiError
+from service.errors import ApiError, Overloaded  # Overloaded: raised here
 from service.settings import setting_default
 
 log = logging.getLogger("flowfield.scheduler")
@@ -57,10 +56,6 @@ log = logging.getLogger("flowfield.scheduler")
 DEFAULT_UNIT_MAX_COST: int = setting_default("unit_max_cost")
 
 
-class Overloaded(Exception):
-    """The scoring queue is full; retry after a short wait."""
-
-
 class ShuttingDown(ApiError):
     """The process is stopping: answered 503 `shutting_down`; retry (another replica)."""
 
@@ -70,11 +65,12 @@ class ShuttingDown(ApiError):
 
 @dataclass
 class ScoreJob:
+    """One request's samples and its options: the one `ScoreOptions` the route resolved
+    (service/options.py), used unchanged for the deviations and for shaping."""
+
     prompts: list[list[int]]
     responses: list[list[int]]
-    reward_options: RewardOptions
-    timesteps: tuple[float, ...]
-    noise_draws: int
+    options: ScoreOptions
     outcome_rewards: list[float] | None = None
     group_ids: list[str] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
@@ -91,6 +87,14 @@ class ScoreJob:
     latents: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(
         default_factory=dict, init=False, repr=False
     )
+
+    @property
+    def timesteps(self) -> tuple[float, ...]:
+        return self.options.timesteps
+
+    @property
+    def noise_draws(self) -> int:
+        return self.options.noise_draws
 
     @property
     def key(self) -> tuple:
@@ -196,9 +200,8 @@ def _observe_many(hist, values: torch.Tensor) -> None:
 
 def _shape(scorer: FlowScorer, job: ScoreJob, devs: list[torch.Tensor]) -> JobResult | ValueError:
     """A job's deviations -> its result (or the ValueError of options its flow cannot serve)."""
-    options = ScoreOptions(job.reward_options, job.timesteps, job.noise_draws)
     try:
-        scores = scorer.shape(devs, options, job.outcome_rewards, job.group_ids)
+        scores = scorer.shape(devs, job.options, job.outcome_rewards, job.group_ids)
     except ValueError as e:
         return e
     return JobResult(scores, scorer.version, scorer.encoder.identity.label())
@@ -508,9 +511,7 @@ class ScoreScheduler:
                     j.scorer = scorer
                     metrics.QUEUE_TIME.observe(now - j.enqueued)
                     try:  # the flow changed since the request was checked
-                        scorer.check_options(
-                            ScoreOptions(j.reward_options, j.timesteps, j.noise_draws)
-                        )
+                        scorer.check_options(j.options)
                     except ValueError as e:
                         j.future.set_exception(e)
                         self._drop(j)

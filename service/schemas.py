@@ -18,6 +18,8 @@ from pydantic import (
     StrictStr,
 )
 
+from flowfield import defaults
+
 # reject NaN/inf everywhere a number is read; ids must be real integers, not "3" or 3.0
 _STRICT = ConfigDict(allow_inf_nan=False, str_max_length=1_000_000)
 
@@ -90,16 +92,49 @@ Text = Annotated[StrictStr, AfterValidator(_valid_unicode)]
 
 
 class ScoreOptionsIn(BaseModel):
-    """Per-request overrides of the service's scoring defaults; unknown keys are an error."""
+    """Per-request overrides of the service's scoring defaults (FLOWFIELD_NORMALIZATION, ...,
+    shipped with flowfield/defaults.py's values); unknown keys are an error. Each option
+    left out takes the service's default; service/options.py resolves them."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    normalization: Literal["bilateral", "unilateral", "expert"] | None = None
-    beta: Beta | None = None  # -beta * s: a negative beta inverts the reward
-    threshold: NonNegative | None = None
-    top_k: StrictInt | None = Field(None, ge=0, le=1_000_000)
-    timesteps: list[Number] | None = Field(None, min_length=1, max_length=16)
-    noise_draws: StrictInt | None = Field(None, ge=1, le=64)
+    normalization: Literal["bilateral", "unilateral", "expert"] | None = Field(
+        None,
+        description="how deviations become scores s: "
+        + defaults.normalization_help(
+            f"default FLOWFIELD_NORMALIZATION ({defaults.NORMALIZATION} as shipped)"
+        ),
+    )
+    beta: Beta | None = Field(  # -beta * s: a negative beta inverts the reward
+        None,
+        description="reward scale, r = -beta * s (default FLOWFIELD_BETA, "
+        f"{defaults.BETA:g} as shipped)",
+    )
+    threshold: NonNegative | None = Field(
+        None, description=f"eta: zero every |s| <= eta (default FLOWFIELD_THRESHOLD, "
+        f"{defaults.THRESHOLD:g} as shipped)"
+    )
+    top_k: StrictInt | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="K: keep at most K non-zero tokens, 0 = all (default FLOWFIELD_TOP_K, "
+        f"{defaults.TOP_K} as shipped)",
+    )
+    timesteps: list[Number] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="flow timesteps the deviation is measured at, each in (0, 1) (default "
+        f"FLOWFIELD_TIMESTEPS, {list(defaults.TIMESTEPS)} as shipped)",
+    )
+    noise_draws: StrictInt | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="noise draws per token and timestep (default FLOWFIELD_NOISE_DRAWS, "
+        f"{defaults.NOISE_DRAWS} as shipped)",
+    )
     return_deviations: StrictBool = False
     return_advantages: StrictBool = False
 
@@ -253,8 +288,8 @@ class GraphGroup(BaseModel):
 class GraphRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    gamma: Discount = 0.9
-    step_weight: Number = 1.0
+    gamma: Discount = defaults.GAMMA
+    step_weight: Number = defaults.STEP_WEIGHT
     undirected: StrictBool = False
     groups: list[GraphGroup] = Field(max_length=4096)
 

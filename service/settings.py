@@ -20,9 +20,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from flowfield import defaults
 from flowfield.demo import ASSETS as DEMO_ASSETS
 from flowfield.precision import check_dtype_name
-from flowfield.rewards import NORMALIZATIONS, RewardOptions
+from flowfield.rewards import NORMALIZATIONS
 
 
 def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettingsSource | None:
@@ -49,9 +50,6 @@ def config_file_source(settings_cls: type[BaseSettings]) -> PydanticBaseSettings
     return source
 
 
-# the library's reward defaults (RLFR's numbers), written once in flowfield/rewards.py; the
-# service's default normalisation differs on purpose: expert where the flow is calibrated
-REWARD = RewardOptions()
 DTYPE_HELP = (
     "encoder and flow dtype: float32, bfloat16 or auto; unset: bfloat16 on cuda, float32 on "
     "cpu (every replica alike); auto: bf16 on cuda, and on a cpu only if it has native bf16 "
@@ -69,28 +67,33 @@ class Settings(BaseSettings):
     model_revision: str | None = Field(None, description="revision reported in responses")
     flow_path: Path = Field(DEMO_ASSETS / "flow", description="initial flow checkpoint")
     layer_fractions: tuple[float, ...] = Field(
-        (0.25, 0.5, 0.75), description="hooked depth fractions (JSON list)"
+        defaults.LAYER_FRACTIONS, description="hooked depth fractions (JSON list)"
     )
     device: str = Field("cpu", description="cpu or cuda")
     dtype: str | None = Field(None, description=DTYPE_HELP)
     threads: int = Field(0, description="torch CPU threads (0 = torch default)")
     noise_seed: int = Field(0, description="seed of the fixed noise bank (deterministic rewards)")
 
-    # scoring defaults (RLFR.md numbers)
+    # scoring defaults: flowfield/defaults.py (why each value: docs/method.md#settings)
     normalization: str = Field(
-        "expert",
-        description="default: expert (bilateral for a flow without calibration), bilateral "
-        "or unilateral",
+        defaults.NORMALIZATION,
+        description="default normalisation of deviations: expert (z-score of log deviation "
+        "against the expert calibration stored with the flow; bilateral where the flow has "
+        "no calibration at these timesteps), bilateral (per-sequence min-max to [-1, 1]) or "
+        "unilateral (per-sequence min-max to [0, 1], penalty only: the authors' released "
+        "scripts' setting)",
     )
-    beta: float = Field(REWARD.beta, ge=0, description="default reward scale: r = -beta * s")
+    beta: float = Field(defaults.BETA, ge=0, description="default reward scale: r = -beta * s")
     threshold: float = Field(
-        REWARD.threshold, ge=0, description="default eta: zero tokens with |s| <= eta"
+        defaults.THRESHOLD, ge=0, description="default eta: zero tokens with |s| <= eta"
     )
-    top_k: int = Field(REWARD.top_k, description="default K: keep at most K tokens (0 = all)")
+    top_k: int = Field(defaults.TOP_K, description="default K: keep at most K tokens (0 = all)")
     timesteps: tuple[float, ...] = Field(
-        (0.8,), description="default rewarding timesteps (JSON list)"
+        defaults.TIMESTEPS, description="default rewarding timesteps (JSON list)"
     )
-    noise_draws: int = Field(1, description="default noise draws per token and timestep")
+    noise_draws: int = Field(
+        defaults.NOISE_DRAWS, description="default noise draws per token and timestep"
+    )
 
     # HTTP
     host: str = Field("127.0.0.1", description="bind address")
@@ -154,7 +157,7 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("flowfield", description="prefix of every Redis key")
     checkpoint_dir: Path = Field(Path("runs/checkpoints"), description="versioned flows")
     accept_threshold: float = Field(
-        1.0, description="/update trains on samples with reward >= this"
+        defaults.ACCEPT_THRESHOLD, description="/update trains on samples with reward >= this"
     )
     learner: bool = Field(True, description="run the learner inside the serving process")
     latent_memo_mb: float = Field(
@@ -165,9 +168,17 @@ class Settings(BaseSettings):
         "stand-alone learner cannot use it)",
     )
     learner_batch: int = Field(64, description="samples per online refinement step")
-    learner_lr: float = Field(1e-4, description="online Adam learning rate (betas 0.9, 0.95)")
-    learner_min_lr: float = Field(1e-5, description="cosine floor of the online learning rate")
-    learner_horizon: int = Field(1000, description="steps of the online cosine schedule")
+    learner_lr: float = Field(
+        defaults.ONLINE_LR,
+        description="online Adam learning rate (betas "
+        f"{', '.join(str(b) for b in defaults.ONLINE_BETAS)})",
+    )
+    learner_min_lr: float = Field(
+        defaults.ONLINE_MIN_LR, description="cosine floor of the online learning rate"
+    )
+    learner_horizon: int = Field(
+        defaults.ONLINE_HORIZON, description="steps of the online cosine schedule"
+    )
     learner_block_ms: int = Field(1000, description="learner wait for new samples per read")
     learner_reclaim_idle_ms: int = Field(
         30000, description="reclaim entries a dead learner left after this idle time"

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import socket
-import time
 from pathlib import Path
 
 import torch
@@ -44,7 +43,6 @@ log = logging.getLogger("flowfield.service")
 class ServiceState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.started_at = time.time()
         self.runtime: ModelRuntime | None = None
         self.scheduler: ScoreScheduler | None = None
         self.queue: UpdateQueue | None = None

@@ -3,6 +3,8 @@ from disk through the same path the service uses; random token samples."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,6 +13,7 @@ from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, MistralC
 from flowfield.demo.tokenizer import build_tokenizer
 
 VOCAB = 64
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(arch: str, layers: int = 8, hidden: int = 32, **extra):
@@ -70,9 +73,18 @@ def random_samples(n: int, seed: int = 0, prompt_range=(0, 12), response_range=(
     return prompts, responses
 
 
+def run_research(*args: str, timeout: float = 900) -> str:
+    """`python -m research ARGS` from the repository root, as a user runs it; its stdout
+    (the command must succeed)."""
+    proc = subprocess.run([sys.executable, "-m", "research", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def check_experiment_outputs(out: Path, results: dict, markdown_table, arms) -> str:
-    """`flowfield experiment ... --out OUT` wrote OUT/table.md (the results' table, a row per
-    arm) and a real PNG plot; returns the table."""
+    """`python -m research rlfr | rewardflow ... --out OUT` wrote OUT/table.md (the results'
+    table, a row per arm) and a real PNG plot; returns the table."""
     table = (out / "table.md").read_text()
     assert table == markdown_table(results)
     for arm in arms:

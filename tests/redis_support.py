@@ -1,5 +1,6 @@
-"""The Redis of the tests that need one, shared by tests/service and tests/updates (tests/ is
-on sys.path: import it by name): its URL and the mark that skips those tests without it."""
+"""The Redis of the tests that need one, shared by tests/service and tests/service/updates
+(tests/ is on sys.path: import it by name): its URL and the mark that skips those tests
+without it."""
 
 from __future__ import annotations
 
@@ -18,4 +19,8 @@ def redis_available() -> bool:
         return False
 
 
-needs_redis = pytest.mark.skipif(not redis_available(), reason=f"no Redis at {REDIS_URL}")
+needs_redis = pytest.mark.skipif(
+    not redis_available(),
+    reason=f"no Redis at {REDIS_URL}: install Debian's redis-server and start it "
+    "(redis-server --daemonize yes --port 6379 --save '' --appendonly no)",
+)

@@ -15,7 +15,7 @@ from helpers import VOCAB
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 from flowfield.rewards import RewardOptions
-from flowfield.scorer import FlowScorer
+from flowfield.scorer import FlowScorer, ScoreOptions
 from service.scheduler import ScoreJob, run_batch
 
 
@@ -37,7 +37,7 @@ def _scorer(model_dir, chunk_rows: int | None = None, invariant: bool = True) ->
 
 def _job(prompts, responses, timesteps=(0.8,), draws=1, top_k=4) -> ScoreJob:
     opts = RewardOptions("bilateral", threshold=0.2, top_k=top_k)
-    return ScoreJob(prompts, responses, opts, timesteps, draws)
+    return ScoreJob(prompts, responses, ScoreOptions(opts, tuple(timesteps), draws))
 
 
 def _batch_mates(seed: int, prompt: list[int]) -> list[tuple[list[list[int]], list[list[int]]]]:

@@ -1,4 +1,4 @@
-"""Reward shaping formulas against small hand-computed cases (RLFR.md s5)."""
+"""Reward shaping formulas against small hand-computed cases (docs/method.md#flow-rewards)."""
 
 import math
 import statistics
@@ -146,7 +146,8 @@ def test_expert_normalisation_is_a_clipped_log_z_score():
 
 def test_expert_normalisation_keeps_the_sequence_level_sign():
     """Per-sequence min-max gives a spiky high-deviation rollout a higher return than a clean
-    one; expert normalisation gives it a lower one (the issue with min-max, RLFR.md s5)."""
+    one; expert normalisation gives it a lower one (the issue with min-max,
+    docs/method.md#normalisation)."""
     import math
 
     cal = _cal(mean=math.log(1.0), std=0.5)
@@ -188,3 +189,31 @@ def test_calibration_from_expert_deviations_round_trips():
     assert normalize(e, "expert", cal).mean().item() == pytest.approx(0.0, abs=0.02)
     with pytest.raises(ValueError):
         Calibration(log_mean=0.0, log_std=0.0)
+
+
+def test_defaults_are_the_table_and_the_default_normalisation_falls_back():
+    from flowfield import defaults
+    from flowfield.rewards import NORMALIZATIONS, resolve_normalization
+
+    o = RewardOptions()
+    assert (o.normalization, o.beta, o.threshold, o.top_k) == (
+        None, defaults.BETA, defaults.THRESHOLD, defaults.TOP_K)  # fmt: skip
+    assert NORMALIZATIONS == ("bilateral", "unilateral", "expert")
+    assert defaults.NORMALIZATION == "expert"
+    cal = _cal(ts=defaults.TIMESTEPS)
+    # unset: expert where the flow is calibrated at these timesteps, else bilateral
+    assert resolve_normalization(None, cal) == "expert"
+    assert resolve_normalization(None, cal, defaults.TIMESTEPS) == "expert"
+    assert resolve_normalization(None, cal, (0.5,)) == "bilateral"
+    assert resolve_normalization(None, None, defaults.TIMESTEPS) == "bilateral"
+    # asked for: kept as it is (an explicit expert is refused elsewhere, never replaced)
+    assert resolve_normalization("expert", None) == "expert"
+    assert resolve_normalization("unilateral", cal) == "unilateral"
+    assert resolve_normalization(None, None, default="unilateral") == "unilateral"
+    # token_rewards with the default options: expert with a calibration, bilateral without
+    e = t(1.0, 1.0, 1.0, 20.0)
+    opts = RewardOptions(threshold=0.3, top_k=0)
+    expert = RewardOptions("expert", threshold=0.3, top_k=0)
+    bilateral = RewardOptions("bilateral", threshold=0.3, top_k=0)
+    assert token_rewards(e, opts, cal).tolist() == token_rewards(e, expert, cal).tolist()
+    assert token_rewards(e, opts).tolist() == token_rewards(e, bilateral).tolist()

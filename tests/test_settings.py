@@ -18,6 +18,36 @@ def test_defaults_are_the_embedded_demo(monkeypatch):
     assert (s.beta, s.threshold, s.top_k, s.timesteps) == (0.01, 0.6, 15, (0.8,))
 
 
+def test_scoring_defaults_are_the_library_table(monkeypatch):
+    """One table of defaults (flowfield/defaults.py): the settings, the library's options and
+    the request schema's descriptions all come from it."""
+    from flowfield import defaults
+    from flowfield.rewards import RewardOptions
+    from flowfield.scorer import ScoreOptions
+    from service.schemas import ScoreOptionsIn
+
+    for k in list(__import__("os").environ):
+        if k.startswith("FLOWFIELD_"):
+            monkeypatch.delenv(k)
+    s = Settings()
+    assert s.normalization == defaults.NORMALIZATION == "expert"
+    assert (s.beta, s.threshold, s.top_k) == (defaults.BETA, defaults.THRESHOLD, defaults.TOP_K)
+    assert (s.timesteps, s.noise_draws) == (defaults.TIMESTEPS, defaults.NOISE_DRAWS)
+    assert s.layer_fractions == defaults.LAYER_FRACTIONS
+    assert s.accept_threshold == defaults.ACCEPT_THRESHOLD
+    assert (s.learner_lr, s.learner_min_lr, s.learner_horizon) == (
+        defaults.ONLINE_LR, defaults.ONLINE_MIN_LR, defaults.ONLINE_HORIZON)  # fmt: skip
+    lib = ScoreOptions()
+    assert lib.reward == RewardOptions() and lib.reward.normalization is None  # the default
+    assert (lib.timesteps, lib.noise_draws) == (s.timesteps, s.noise_draws)
+    props = ScoreOptionsIn.model_json_schema()["properties"]
+    # each normalisation is named by what it does, the default by its setting
+    assert "per-sequence min-max to [-1, 1]" in props["normalization"]["description"]
+    assert "authors' released scripts" in props["normalization"]["description"]
+    assert "FLOWFIELD_NORMALIZATION (expert as shipped)" in props["normalization"]["description"]
+    assert "0.01 as shipped" in props["beta"]["description"]
+
+
 def test_config_file_then_environment(tmp_path, monkeypatch):
     cfg = tmp_path / "flowfield.json"
     cfg.write_text(json.dumps({"port": 9001, "top_k": 7, "timesteps": [0.5, 0.9]}))

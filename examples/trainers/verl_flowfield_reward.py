@@ -12,7 +12,8 @@ loaded as verl's custom reward function:
         +reward.reward_kwargs.flowfield_url=http://flowfield:8000
 
 Each response's reward is the verifier's plus the flow return (what GRPO, RLOO and the other
-outcome estimators use). For RLFR's dense token advantages add
+outcome estimators use); the training responses the verifier accepts are pushed to /v1/update,
+the validation ones (prompts of data.val_files) are not. For RLFR's dense token advantages add
 `+reward.reward_kwargs.dense=true algorithm.adv_estimator=flowfield_grpo trainer.use_v1=false`
 (docs/clients.md explains why the legacy trainer).
 """

@@ -2,7 +2,7 @@
 
 One run, one model, one set of rollouts, four ways of computing the per-token deviations:
 
-  reference  the authors' design (RLFR.md s8), written plainly here: a full forward with
+  reference  the authors' design (docs/method.md#cost), written plainly here: a full forward with
              output_hidden_states over each group's right-padded batch (all positions, final
              norm and LM head included, as their RL forward computes logits), then the flow
              on EVERY position of the padded batch for every hooked layer and timestep
@@ -21,12 +21,14 @@ path's deviations are checked against each other before anything is reported.
 Modules, one idea each: workload.py (the configuration, the random policy and flow, the
 rollouts), reference.py (the reference computation), driver.py (the live server over HTTP, the
 rounds, the agreement checks), report.py (the numbers, tables and the BENCHMARKS.md section),
-cli.py (the typer command `flowfield bench`).
+cli.py (the typer commands `flowfield bench [score] | update | graph`), timing.py (one
+path's measured rounds).
 
 update.py is a second benchmark on the same footing: the online update path of the demo
 server (POST /v1/update -> new flow version served; /score throughput while the learner
-trains), run by `scripts/bench_update.py`; it writes its own BENCHMARKS.md section through
-report.replace_section's `title`.
+trains), run by `flowfield bench update`; graph.py a third, RewardFlow graph propagation
+against the authors' synchronous sweeps (`flowfield bench graph`, no torch). Each writes its
+own BENCHMARKS.md section through report.replace_section's `title`.
 
 Heavy imports (torch, transformers, httpx, the library) are local to the functions that need
 them, so registering `bench` in the CLI does not slow down `flowfield --help`.

@@ -10,13 +10,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flowfield.bench.flops import path_flops
 from flowfield.bench.reference import Reference
 from flowfield.bench.report import summarise
+from flowfield.bench.timing import Timing
 from flowfield.bench.workload import (
     BenchConfig,
     Group,
@@ -33,23 +33,6 @@ if TYPE_CHECKING:
     from flowfield.scorer import FlowScorer, ScoreOptions
 
 PATHS = ("reference", "library", "no_share", "http")
-
-
-@dataclass
-class Timing:
-    seconds: list[float] = field(default_factory=list)  # wall clock, per measured round
-    cpu_seconds: list[float] = field(default_factory=list)  # CPU time of every process involved
-    tokens: list[int] = field(default_factory=list)  # response tokens per measured round
-    flops: list[int] = field(default_factory=list)  # work performed per measured round
-
-    def rates(self) -> list[float]:
-        return [n / s for n, s in zip(self.tokens, self.seconds)]
-
-    def gflops(self) -> list[float]:
-        return [f / s / 1e9 for f, s in zip(self.flops, self.seconds)]
-
-    def cpu_rates(self) -> list[float]:
-        return [n / s for n, s in zip(self.tokens, self.cpu_seconds)]
 
 
 def process_cpu_seconds(pid: int) -> float:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from flowfield.bench.driver import Timing
+    from flowfield.bench.timing import Timing
     from flowfield.bench.workload import BenchConfig
     from flowfield.encoder import LatentEncoder
 

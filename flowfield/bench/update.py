@@ -1,5 +1,5 @@
 """The online update path of a live `flowfield serve`: how long until an /update is served, and
-what training costs the scoring that goes on meanwhile (`scripts/bench_update.py`).
+what training costs the scoring that goes on meanwhile (`flowfield bench update`).
 
 One server, started with `flowfield.live_server.ServiceProcess` on the embedded defaults the
 README's quick start uses (bundled demo policy and flow, in-process queue and learner, no
@@ -23,8 +23,8 @@ Workload (real demo-task data, token ids from the demo tokenizer):
             learner can take their latents from scoring's memo (flowfield/latent_memo.py).
   /score    rollouts the demo policy samples at temperature 1 (`flowfield.demo.policy`) for
             the dev problems: `score_groups` groups of `group_size` rollouts per request with
-            their verifier rewards, group ids and return_advantages, i.e. the request
-            `flowfield experiment rlfr` sends each step (8 x 8 = 64 rollouts by default).
+            their verifier rewards, group ids and return_advantages, i.e. the request the
+            RLFR experiment (research/rlfr) sends each step (8 x 8 = 64 rollouts by default).
 
 Phases:
   1. warm-up: one /score request, then `warmup_updates` updates (timed, reported apart: the
@@ -95,7 +95,7 @@ GOAL_SERVED_P50_S = 2.0  # the issue's goal: an /update of 64 samples served in 
 class UpdateBenchConfig:
     """Online update path: /update -> new version served, and scoring while the learner trains.
 
-    Each field is an option of scripts/bench_update.py."""
+    Each field is an option of `flowfield bench update`."""
 
     updates: int = opt(10, "measured /update -> served round trips (phase 2)")
     samples: int = opt(64, "accepted samples per /update (= FLOWFIELD_LEARNER_BATCH)")
@@ -672,7 +672,7 @@ def markdown_section(res: dict[str, Any], command: str) -> str:
         f"{c['group_size']} rollouts the demo policy sampled at temperature 1 for dev "
         f"problems ({100 * w['score_rollouts_correct']:.0f}% correct; "
         f"{min(tokens)}-{max(tokens)} response tokens per request), with rewards, group ids "
-        f"and return_advantages, as `flowfield experiment rlfr` sends them each step",
+        f"and return_advantages, as the RLFR experiment (research/rlfr) sends them each step",
         "",
         "| window | seconds | tokens/s (client) | tokens/s (server counter) | batches | "
         "/score latency p50 | max |",

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from flowfield import defaults
 from flowfield.cli_options import opt
 from flowfield.precision import check_dtype_name
 
@@ -17,7 +18,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BenchConfig:
-    """End-to-end /score throughput vs. the reference computation (RLFR.md s8), as ratios.
+    """End-to-end /score throughput vs. the reference computation (docs/method.md#cost), as ratios.
 
     Each field is an option of `flowfield bench` (flowfield/bench/cli.py)."""
 
@@ -38,7 +39,7 @@ class BenchConfig:
     vocab: int = opt(32000, "vocabulary size")
     # flow: W = d
     flow_depth: int = opt(4, "flow residual blocks")
-    timesteps: tuple[float, ...] = opt((0.8,), "comma-separated flow timesteps")
+    timesteps: tuple[float, ...] = opt(defaults.TIMESTEPS, "comma-separated flow timesteps")
     # runtime
     device: str = opt("cpu", "cpu or cuda (every path, the server too)")
     dtype: str | None = opt(

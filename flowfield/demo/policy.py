@@ -1,60 +1,17 @@
-"""The demo policy: a tiny Llama-shaped causal LM for the addition task, and its sampler."""
+"""The demo policy's sampler and rollouts (the policy itself, a tiny GPT-2-shaped causal LM, is
+trained by research/demo_build/train_policy.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GPT2Config,
-    LlamaConfig,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedTokenizerBase
 
 from flowfield.demo.task import Problem, expert_solution, first_error, verify
 from flowfield.encoder import cache_argument
 
 MAX_RESPONSE_TOKENS = 48
-
-
-ARCHS = ("gpt2", "llama")
-# the demo's policy: a flow reads a GPT-2-shaped policy's latents far better than a
-# Llama-shaped one's of the same size (docs/evaluation.md, "Diagnosis")
-DEFAULT_ARCH = "gpt2"
-
-
-def policy_config(
-    vocab_size: int, pad_id: int, eos_id: int, arch: str = DEFAULT_ARCH
-) -> PretrainedConfig:
-    # ~0.6-0.8M parameters: small enough to train on two CPU cores in minutes and to commit.
-    # One size for both architectures, in the standard config names (GPT2Config maps them
-    # onto n_embd, n_layer, n_head and n_positions through its attribute_map).
-    common = dict(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        max_position_embeddings=128,
-        tie_word_embeddings=True,
-        pad_token_id=pad_id,
-        eos_token_id=eos_id,
-    )
-    if arch == "gpt2":
-        return GPT2Config(**common, bos_token_id=eos_id)
-    if arch != "llama":
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    return LlamaConfig(**common, intermediate_size=384, num_key_value_heads=4, bos_token_id=None)
-
-
-def new_policy(
-    tokenizer: PreTrainedTokenizerBase, seed: int = 0, arch: str = DEFAULT_ARCH
-) -> PreTrainedModel:
-    torch.manual_seed(seed)
-    cfg = policy_config(len(tokenizer), tokenizer.pad_token_id, tokenizer.eos_token_id, arch)
-    return AutoModelForCausalLM.from_config(cfg)
 
 
 @dataclass

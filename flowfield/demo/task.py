@@ -112,3 +112,12 @@ def split_problems(seed: int = 0) -> tuple[list[Problem], list[Problem], list[Pr
     flow = sample_problems(4_000, seed + 1, exclude=set(policy))
     held_out = sample_problems(1_000, seed + 2, exclude=set(policy) | set(flow))
     return policy, flow, held_out
+
+
+def corrupt_digits(text: str, n: int, rng: random.Random) -> str:
+    """Replace n digits of text with different random digits (the format stays valid)."""
+    chars = list(text)
+    where = [i for i, ch in enumerate(chars) if ch.isdigit()]
+    for i in rng.sample(where, min(n, len(where))):
+        chars[i] = rng.choice([d for d in "0123456789" if d != chars[i]])
+    return "".join(chars)

@@ -6,8 +6,6 @@ service loads it with `AutoTokenizer.from_pretrained` exactly like any other mod
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -26,8 +24,3 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
 
-
-def save_tokenizer(out_dir: str | Path) -> PreTrainedTokenizerFast:
-    tok = build_tokenizer()
-    tok.save_pretrained(str(out_dir))
-    return tok

@@ -9,7 +9,9 @@ run.py       the whole evaluation as one call (what the CLI runs)
 report.py    terminal tables and the evaluation's HTML page
 html.py      the token-reward view (also served by the service at /ui)
 problems.py  disjoint demo problem sets: eval, dev, refinement, extra expert data
-levers.py    refit the demo flow with one lever changed (python -m flowfield.evaluation.levers)
+
+The studies that refit flows on the demo (diagnosis, lever sweeps) are research harness:
+research/diagnose/, run as `python -m research diagnose | levers` from a checkout.
 """
 
 from flowfield.evaluation.evaluate import EvalRollout, ScoredRollout, load_rollouts, metrics_for

@@ -4,7 +4,9 @@ Given rollouts with their verifier reward (and, for the demo task, the index of 
 wrong token), compute
 
 - AUROC of sequence-level flow scores for telling incorrect from correct rollouts: mean
-  deviation, max deviation, flow return (its negative: a low return predicts "incorrect");
+  deviation, max deviation, flow return (its negative: a low return predicts "incorrect")
+  under the evaluation's normalisation (the service's default, expert, unless asked
+  otherwise) and under each normalisation, every row named by its normalisation;
 - the same for logit-space baselines under the policy: mean (and max) token NLL, mean token
   entropy;
 - where the first error is known: how often the most-penalised token lies within a window
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowfield import defaults
 from flowfield.encoder import LatentEncoder
 from flowfield.evaluation.logits import token_logit_stats
 from flowfield.evaluation.metrics import (
@@ -39,19 +42,36 @@ from flowfield.rewards import NORMALIZATIONS
 from flowfield.samples import SampleLimits, check_sample, jsonl_objects
 from flowfield.scorer import FlowScorer, ScoreOptions
 
-# sequence-level scores (each oriented: higher = more likely incorrect): key -> label
+# sequence-level scores (each oriented: higher = more likely incorrect): key -> label.
+# "flow_return" is the return under the evaluation's own normalisation (its label names it:
+# `score_labels`), "flow_return_<mode>" the return under each normalisation.
 SEQUENCE_SCORES: dict[str, str] = {
     "flow_mean_deviation": "flow: mean deviation",
     "flow_max_deviation": "flow: max deviation",
-    "flow_return": "flow: flow return (low = incorrect)",
-    "flow_return_bilateral": "flow: return, bilateral normalisation",
-    "flow_return_unilateral": "flow: return, unilateral normalisation",
-    "flow_return_expert": "flow: return, expert normalisation",
+    "flow_return": "flow: flow return",
+    **{f"flow_return_{mode}": f"flow: flow return, {mode}" for mode in NORMALIZATIONS},
     "nll_mean": "policy: mean token NLL",
     "entropy_mean": "policy: mean token entropy",
     "nll_max": "policy: max token NLL",
     "flow_plus_nll": "flow + policy: rank sum of mean deviation and mean NLL",
 }
+
+
+def score_labels(normalization: str, default: bool) -> dict[str, str]:
+    """SEQUENCE_SCORES with the headline flow return named by its normalisation, e.g.
+    "flow: flow return, expert (default)"; `default`: it is the service's default one."""
+    labels = dict(SEQUENCE_SCORES)
+    labels["flow_return"] = f"flow: flow return, {normalization}" + (
+        " (default)" if default else ""
+    )
+    return labels
+
+
+def normalization_legend() -> str:
+    """What each normalisation named in the rows does (flowfield.defaults.NORMALIZATIONS)."""
+    return "".join(f"\n  {mode}: {what}" for mode, what in defaults.NORMALIZATIONS.items())
+
+
 # a "confident error": the policy gave the first wrong token at least this probability
 CONFIDENT_P = 0.2
 # token picked in an incorrect rollout for localisation: key -> label
@@ -250,7 +270,7 @@ def sequence_scores(s: ScoredRollout) -> dict[str, float]:
 def picks(s: ScoredRollout) -> dict[str, int]:
     """The token each localisation rule picks in a rollout."""
     out = {
-        "flow_min_reward": most_penalised(s.rewards),
+        "flow_min_reward": most_penalised(s.rewards, s.deviations),
         "flow_max_deviation": most_extreme(s.deviations),
     }
     if s.nll is not None and s.entropy is not None:

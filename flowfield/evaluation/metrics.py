@@ -90,12 +90,20 @@ WINDOWS: dict[str, tuple[int, int]] = {
 }
 
 
-def most_penalised(token_rewards: Sequence[float]) -> int:
-    """Index of the most negative token reward; ties go to the earliest token."""
+def most_penalised(
+    token_rewards: Sequence[float], deviations: Sequence[float] | None = None
+) -> int:
+    """Index of the most negative token reward. Ties go to the token with the larger raw
+    deviation when `deviations` are given (a normalisation that clips, as `expert` does at
+    z = 1, gives many tokens the same reward, and the reward falls as the deviation rises),
+    else to the earliest token."""
     r = np.asarray(token_rewards, dtype=np.float64)
     if r.size == 0:
         raise ValueError("no tokens")
-    return int(np.argmin(r))  # argmin returns the first of equal minima
+    if deviations is None:
+        return int(np.argmin(r))  # argmin returns the first of equal minima
+    tied = np.flatnonzero(r == r.min())
+    return int(tied[np.argmax(np.asarray(deviations, dtype=np.float64)[tied])])
 
 
 def most_extreme(values: Sequence[float]) -> int:

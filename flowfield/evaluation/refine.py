@@ -1,4 +1,4 @@
-"""One round of online refinement for the before/after comparison (RLFR.md s6).
+"""One round of online refinement for the before/after comparison (docs/method.md).
 
 The accepted rollouts of one round (verifier reward >= the accept threshold) refine the flow
 with OnlineRefiner, the same grad-enabled update the service's learner runs: Adam (betas
@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from flowfield import defaults
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.progress import progress_bar
@@ -25,7 +26,7 @@ class RefineConfig:
     epochs: int = 4  # passes over the accepted rollouts
     batch_size: int = 32  # accepted rollouts per optimiser step
     lr: float = 3e-4  # peak; cosine to lr / 10 over the round
-    accept_threshold: float = 1.0
+    accept_threshold: float = defaults.ACCEPT_THRESHOLD
     seed: int = 0
 
 
@@ -53,7 +54,7 @@ def refine_round(
     responses: Sequence[Sequence[int]],
     rewards: Sequence[float],
     cfg: RefineConfig,
-    timesteps: Sequence[float] = (0.8,),
+    timesteps: Sequence[float] = defaults.TIMESTEPS,
     progress: bool = True,
 ) -> tuple[FlowNet, FlowMetadata, RefineResult]:
     """Refine a copy of `flow` on the accepted samples; returns the next flow version."""

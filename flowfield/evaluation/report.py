@@ -7,7 +7,12 @@ import json
 import math
 from collections.abc import Sequence
 
-from flowfield.evaluation.evaluate import PICKS, SEQUENCE_SCORES, ScoredRollout
+from flowfield.evaluation.evaluate import (
+    PICKS,
+    SEQUENCE_SCORES,
+    ScoredRollout,
+    normalization_legend,
+)
 from flowfield.evaluation.html import TokenView, render_page
 from flowfield.evaluation.metrics import WINDOWS
 
@@ -59,6 +64,8 @@ def format_report(report: dict, class_rows: int = 6) -> str:
     """The report as plain-text tables (what `flowfield eval` prints)."""
     evs = report["evaluations"]
     setup = report["setup"]
+    labels = report.get("labels", SEQUENCE_SCORES)
+    headline = setup.get("normalization", {}).get("name")
     first = evs[0]
     src = setup["source"]
     out = []
@@ -95,9 +102,9 @@ def format_report(report: dict, class_rows: int = 6) -> str:
     # AUROC
     header = ["score (higher = predicts incorrect)", *(_col(e) for e in evs)]
     rows = []
-    for key, label in SEQUENCE_SCORES.items():
-        if key not in first["auroc"]:
-            continue
+    for key, label in labels.items():
+        if key not in first["auroc"] or key == f"flow_return_{headline}":
+            continue  # (the headline flow return is that normalisation's row)
         same = key.startswith(("nll", "entropy"))  # does not depend on the flow
         cells = []
         for i, ev in enumerate(evs):
@@ -112,6 +119,8 @@ def format_report(report: dict, class_rows: int = 6) -> str:
     out.append(
         f"\nAUROC, incorrect vs correct (0.5 = chance; 95% bootstrap CI, "
         f"{setup['bootstrap']} resamples)\n" + _table(header, rows)
+        + "\nflow returns enter negated (a low return predicts incorrect); normalisations:"
+        + normalization_legend()
     )
 
     # localisation
@@ -158,7 +167,7 @@ def format_report(report: dict, class_rows: int = 6) -> str:
             if a:
                 lo, hi = a["ci95"]
                 ci = f" [{_num(lo)}, {_num(hi)}]" if not math.isnan(lo) else ""
-                rows.append([SEQUENCE_SCORES[key], f"{_num(a['auroc'])}{ci}"])
+                rows.append([labels.get(key, SEQUENCE_SCORES[key]), f"{_num(a['auroc'])}{ci}"])
         out.append(
             f"\nConfident errors ({_col(ev)}): {ce['n']} incorrect rollouts whose first wrong "
             f"token had policy probability >= {ce['min_p']:g}, against all correct ones\n"
@@ -198,7 +207,7 @@ def format_report(report: dict, class_rows: int = 6) -> str:
             f"\nToken classes by mean reward, {_col(ev)}, all rollouts{note}\n"
             + _table(header, rows)
         )
-    out.append(f"\n{report['seconds']:.1f}s")
+    out.append(f"\nTotal time (rollouts, scoring, metrics): {report['seconds']:.1f}s")
     return "\n".join(out)
 
 

@@ -16,16 +16,18 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from flowfield import defaults
 from flowfield.checkpoint import load_flow, read_metadata
 from flowfield.demo import ASSETS
 from flowfield.demo.policy import sample_rollouts
 from flowfield.demo.task import Problem
-from flowfield.encoder import LatentEncoder
+from flowfield.encoder import MODEL_LOAD_LOCK, LatentEncoder
 from flowfield.evaluation.evaluate import (
     EvalRollout,
     ScoredRollout,
     load_rollouts,
     metrics_for,
+    score_labels,
     score_rollouts,
 )
 from flowfield.evaluation.problems import eval_problems, refine_problems
@@ -47,11 +49,13 @@ class EvalConfig:
     split: str = "eval"  # demo problems: "eval" (held-out) or "dev" (for comparing levers)
     temperature: float = 1.0
     seed: int = 0
-    timesteps: tuple[float, ...] = (0.8,)
-    noise_draws: int = 1
+    timesteps: tuple[float, ...] = defaults.TIMESTEPS
+    noise_draws: int = defaults.NOISE_DRAWS
+    # normalization None: the service's default (expert where the flow is calibrated)
     reward: RewardOptions = field(default_factory=RewardOptions)
     bootstrap: int = 1000
-    correct_threshold: float = 1.0  # a rollout is correct when its reward is at least this
+    # a rollout is correct when its reward is at least this (the service's accept threshold)
+    correct_threshold: float = defaults.ACCEPT_THRESHOLD
     refine: RefineConfig | None = None
     logits: bool = True  # compute the policy's NLL / entropy baselines
     device: str = "cpu"
@@ -129,9 +133,14 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
     lm = None
     if cfg.logits or cfg.data is None:
         lm_dtype = torch.bfloat16 if encoder.device.type == "cuda" else torch.float32
-        lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=lm_dtype)
+        with MODEL_LOAD_LOCK:
+            lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=lm_dtype)
         lm = lm.to(encoder.device).eval()
-    options = ScoreOptions(cfg.reward, tuple(cfg.timesteps), cfg.noise_draws)
+    # resolved once, as the service does: an unset normalisation is the default (expert where
+    # the flow is calibrated at these timesteps, else bilateral)
+    options = scorer.resolve(ScoreOptions(cfg.reward, tuple(cfg.timesteps), cfg.noise_draws))
+    normalization = options.reward.normalization
+    is_default = cfg.reward.normalization is None
 
     refine_result = None
     scorers = [("given flow", scorer)]
@@ -203,13 +212,18 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
             "source": source,
             "timesteps": list(cfg.timesteps),
             "noise_draws": cfg.noise_draws,
-            "reward": asdict(cfg.reward),
+            "reward": asdict(options.reward),
+            # the headline flow return's normalisation, and whether it is the default one
+            "normalization": {"name": normalization, "default": is_default},
             "bootstrap": cfg.bootstrap,
             "correct_threshold": cfg.correct_threshold,
             "threads": torch.get_num_threads(),
             "dtype": encoder.precision.name,
             "dtype_reason": encoder.precision.reason,
         },
+        # the label of every sequence score, each flow return's naming its normalisation
+        "labels": score_labels(normalization, is_default),
+        "normalizations": dict(defaults.NORMALIZATIONS),
         "evaluations": evaluations,
         "refine": None if refine_result is None else refine_result.to_dict(),
         "seconds": round(time.time() - t0, 1),

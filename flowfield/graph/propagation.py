@@ -1,4 +1,4 @@
-"""Backward value propagation on a state graph (REWARDFLOW.md section 3).
+"""Backward value propagation on a state graph (docs/method.md#propagation).
 
 Both functions compute the fixed point of V(u) = max(V(u), gamma * max_{v in succ(u)} V(v))
 reached by iterating from V = entry reward. The update only ever raises values, so the limit is

@@ -1,10 +1,13 @@
-"""From state values to per-step rewards and advantages (REWARDFLOW.md section 4)."""
+"""From state values to per-step rewards and advantages.
+
+docs/method.md#step-rewards-and-advantages states the method."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
 
+from flowfield import defaults
 from flowfield.graph.data import Group, GroupResult, StepResult, Trajectory, TrajectoryResult
 from flowfield.graph.propagation import propagate
 from flowfield.graph.state_graph import StateGraph
@@ -16,8 +19,8 @@ def _mean(xs: Sequence[float]) -> float:
 
 def score_group(
     trajectories: Sequence[Trajectory],
-    gamma: float = 0.9,
-    step_weight: float = 1.0,
+    gamma: float = defaults.GAMMA,
+    step_weight: float = defaults.STEP_WEIGHT,
     undirected: bool = False,
     group_id: str = "",
 ) -> GroupResult:
@@ -84,8 +87,8 @@ def score_group(
 
 def score_groups(
     groups: Sequence[Group],
-    gamma: float = 0.9,
-    step_weight: float = 1.0,
+    gamma: float = defaults.GAMMA,
+    step_weight: float = defaults.STEP_WEIGHT,
     undirected: bool = False,
 ) -> list[GroupResult]:
     """Score each group on its own graph (never one global graph); results in input order."""
@@ -104,7 +107,7 @@ def group_by_id(items: Iterable[tuple[str, Trajectory]]) -> list[Group]:
     """Gather a flat batch of (group_id, trajectory) into groups by id, in first-seen order.
 
     Groups may be of any size and interleaved: membership comes from the id, never from the
-    position in the batch (their code assumes equal contiguous groups, section 5).
+    position in the batch (the authors' code assumes equal contiguous groups: docs/method.md).
     """
     groups: dict[str, Group] = {}
     for group_id, traj in items:

@@ -1,5 +1,5 @@
 """One state graph per prompt group: identical states across the group's rollouts merge into
-one node, observed transitions become edges (REWARDFLOW.md section 2)."""
+one node, observed transitions become edges (docs/method.md#state-graph)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ def canonical_json(value: Any) -> str:
 
 def node_key(state: Any, outcome: str | None = None) -> str:
     """Hash of a state key. `outcome` ("success"/"failure") marks a terminal state, so a success
-    and a failure ending on the same observation (e.g. "") stay two nodes (section 5)."""
+    and a failure ending on the same observation (e.g. "") stay two nodes
+    (docs/method.md#differences-from-the-authors-code)."""
     kind = "state" if outcome is None else f"final:{outcome}"
     text = kind + "\x00" + canonical_json(state)
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
@@ -103,7 +104,7 @@ class StateGraph:
         """Add one rollout; returns its node path s_0, ..., s_{T-1}, final_state.
 
         The final state always enters the graph with entry reward `final_reward`, also when
-        success comes on the last allowed step (section 5).
+        success comes on the last allowed step (unlike the authors' code: docs/method.md).
         """
         if traj.success and traj.truncated:
             raise ValueError(f"trajectory {traj.id!r}: success and truncated are exclusive")

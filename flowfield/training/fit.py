@@ -1,10 +1,10 @@
-"""Offline fit of a flow on expert latents (RLFR.md s4).
+"""Offline fit of a flow on expert latents (docs/method.md).
 
-AdamW with linear warm-up and cosine decay; t ~ logit-normal; every token replicated with
-fresh (t, eps); batches by response-token budget; a progress bar; periodic and final
-checkpoints; resumable (weights in the checkpoint, optimiser/schedule/step beside them).
-Each step's randomness is seeded by (seed, step), so a resumed fit continues exactly as an
-uninterrupted one would.
+AdamW with linear warm-up and cosine decay, a progress bar (the shared loop, loop.py);
+t ~ logit-normal; every token replicated with fresh (t, eps); batches by response-token
+budget; periodic and final checkpoints; resumable (weights in the checkpoint,
+optimiser/schedule/step beside them). Each step's randomness is seeded by (seed, step), so
+a resumed fit continues exactly as an uninterrupted one would.
 
 Defaults that work on small data too: what makes a flow useful is the number of optimiser
 steps, not the number of epochs (a 126k-token data set at RLFR's 2 epochs x 4096 tokens is
@@ -30,9 +30,9 @@ from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 from flowfield.objective import flow_matching_loss, rows_for_training
 from flowfield.path import logit_normal
-from flowfield.progress import progress_bar
 from flowfield.training.data import Sample, token_budget_batches
 from flowfield.training.latents import LatentCache, cache_bytes
+from flowfield.training.loop import TrainLoop
 from flowfield.training.report import FitReport, fit_report, split_holdout
 
 log = logging.getLogger("flowfield.fit")
@@ -101,14 +101,6 @@ def resolve_schedule(cfg: FitConfig, tokens: int, width: int) -> FitConfig:
     return replace(
         cfg, epochs=float(epochs), batch_tokens=int(batch), lr=cfg.lr or default_lr(width)
     )
-
-
-def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier: linear warm-up to 1, then cosine to min_ratio."""
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def _schedule(samples: Sequence[Sample], cfg: FitConfig) -> list[list[int]]:
@@ -186,14 +178,21 @@ def fit_flow(
         net.set_latent_stats(mean, std)
 
     net = net.to(encoder.device).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batches = _schedule(train, cfg)
     total = len(batches)
-    warmup = int(cfg.warmup * total)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, total, warmup))
+    loop = TrainLoop(
+        net.parameters(),
+        lr=cfg.lr,
+        total_steps=total,
+        warmup_steps=int(cfg.warmup * total),
+        weight_decay=cfg.weight_decay,
+        grad_clip=cfg.grad_clip,
+        progress=progress,
+        desc="fit",
+        initial=start_step,
+    )
     if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+        loop.load_state_dict(state)
     log.info(
         "fitting flow: %d samples (%d held out), %d response tokens, %d steps (%.1f epochs of "
         "%d tokens), lr %.2e, width %d depth %d context %s, standardize %s, %d parameters, "
@@ -224,24 +223,15 @@ def fit_flow(
     def checkpoint(step: int) -> None:
         meta.samples_trained = min(len(train), sum(len(b) for b in batches[:step]))
         meta.tokens_trained = tokens
-        meta.extra = {"fit": asdict(cfg), "steps": step, "last_loss": last_loss}
+        meta.extra = {"fit": asdict(cfg), "steps": step, "last_loss": loop.last_loss}
         save_flow(out, net, meta)
         torch.save(
-            {
-                "config": asdict(cfg),
-                "step": step,
-                "tokens": tokens,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-            },
+            {"config": asdict(cfg), "step": step, "tokens": tokens, **loop.state_dict()},
             out / TRAINER_STATE,
         )
 
     t0 = time.time()
-    last_loss = float("nan")
-    smooth = None
     end = total if stop_after is None else max(start_step, min(total, stop_after))
-    bar = progress_bar(total, "fit", "step", progress, initial=start_step)
     for step in range(start_step, end):
         if cache is not None:
             h, ctx = cache.context(batches[step], net.config.context)
@@ -256,21 +246,11 @@ def fit_flow(
         x1, c, lf, t, eps = rows_for_training(
             h, ctx, encoder.layer_fractions, cfg.replicas, logit_normal, g
         )
-        loss = flow_matching_loss(net, x1, c, lf, t, eps)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
+        loop.step(flow_matching_loss(net, x1, c, lf, t, eps))
         tokens += h.shape[1]
-        last_loss = loss.item()
-        smooth = last_loss if smooth is None else 0.95 * smooth + 0.05 * last_loss
-        bar.set_postfix(loss=f"{smooth:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}", refresh=False)
-        bar.update(1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
             checkpoint(step + 1)
-    bar.close()
+    loop.close()
     report = None
     if end == total and held:
         # the held-out report, and the calibration the "expert" normalisation needs
@@ -283,7 +263,7 @@ def fit_flow(
         for warning in report.warnings:
             log.warning("%s", warning)
     seconds = time.time() - t0
-    final = smooth if smooth is not None else last_loss
+    final = loop.smoothed if loop.smoothed is not None else loop.last_loss
     log.info(
         "fit %s: %d/%d steps, %d tokens, final loss %.4f, %.1fs -> %s",
         "done" if end == total else "paused",

@@ -1,10 +1,11 @@
-"""Online refinement of the flow from verifier-accepted rollouts (RLFR.md s6).
+"""Online refinement of the flow from verifier-accepted rollouts (docs/method.md#online-refinement).
 
 The authors' released update runs the flow under no_grad (reentrant checkpointing), so the
 flow never moves during RL. Here refinement is its own pass: latents are computed in
 inference mode and detached, then a grad-enabled flow-matching step is taken on a training
 copy of the flow. Optimiser state (Adam betas 0.9/0.95, cosine from lr to min_lr over
-`horizon` steps) persists across calls and can be saved with the checkpoint.
+`horizon` steps: the shared loop of loop.py, one step per call) persists across calls and can
+be saved with the checkpoint.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from collections.abc import Sequence
 
 import torch
 
+from flowfield import defaults
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.objective import flow_matching_loss, rows_for_training
 from flowfield.path import logit_normal
-from flowfield.training.fit import cosine_with_warmup
+from flowfield.training.loop import TrainLoop
 
 
 class OnlineRefiner:
@@ -28,11 +30,11 @@ class OnlineRefiner:
         encoder: LatentEncoder,
         flow: FlowNet,
         meta: FlowMetadata,
-        lr: float = 1e-4,
-        min_lr: float = 1e-5,
-        betas: tuple[float, float] = (0.9, 0.95),
-        horizon: int = 1000,
-        timesteps: Sequence[float] | None = (0.8,),
+        lr: float = defaults.ONLINE_LR,
+        min_lr: float = defaults.ONLINE_MIN_LR,
+        betas: tuple[float, float] = defaults.ONLINE_BETAS,
+        horizon: int = defaults.ONLINE_HORIZON,
+        timesteps: Sequence[float] | None = defaults.TIMESTEPS,
         replicas: int = 1,
         grad_clip: float = 1.0,
         seed: int = 0,
@@ -44,13 +46,29 @@ class OnlineRefiner:
         self.meta = copy.deepcopy(meta)
         self.timesteps = tuple(timesteps) if timesteps else None
         self.replicas = replicas
-        self.grad_clip = grad_clip
         self.seed = seed
-        self.steps = 0
-        self.opt = torch.optim.Adam(self.flow.parameters(), lr=lr, betas=betas)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: cosine_with_warmup(s, horizon, 0, min_ratio=min_lr / lr)
+        # Adam (no weight decay), no warm-up, cosine from lr to min_lr over `horizon` steps
+        self.loop = TrainLoop(
+            self.flow.parameters(),
+            lr=lr,
+            total_steps=horizon,
+            min_ratio=min_lr / lr,
+            betas=betas,
+            grad_clip=grad_clip,
         )
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps taken (across calls, and before a restored state)."""
+        return self.loop.steps
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.loop.opt
+
+    @property
+    def sched(self) -> torch.optim.lr_scheduler.LRScheduler:
+        return self.loop.sched
 
     def _t_sampler(self, n: int, generator: torch.Generator) -> torch.Tensor:
         if self.timesteps is None:
@@ -109,17 +127,10 @@ class OnlineRefiner:
             )
             L = h.shape[0]
             w = per_token.repeat(L).repeat(self.replicas).to(h.device)
-        loss = flow_matching_loss(self.flow, x1, c, lf, t, eps, weight=w)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.steps += 1
+        loss = self.loop.step(flow_matching_loss(self.flow, x1, c, lf, t, eps, weight=w))
         self.meta.samples_trained += len(responses)
         self.meta.tokens_trained += int(h.shape[1])
-        return loss.item()
+        return loss
 
     def export(self) -> tuple[FlowNet, FlowMetadata]:
         """A frozen copy of the refined flow with the next version number."""
@@ -132,13 +143,8 @@ class OnlineRefiner:
         return net, copy.deepcopy(self.meta)
 
     def state_dict(self) -> dict:
-        return {
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "steps": self.steps,
-        }
+        return {**self.loop.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.steps = int(state["steps"])
+        self.loop.load_state_dict(state)
+        self.loop.steps = int(state["steps"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from flowfield import defaults
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
 from flowfield.objective import flow_matching_loss, rows_for_training
@@ -27,7 +28,8 @@ from flowfield.rewards import Calibration
 from flowfield.scorer import FlowScorer
 from flowfield.training.data import Sample
 
-CALIBRATION_TIMESTEPS = (0.8,)  # the service's default rewarding timestep (RLFR.md s5)
+# the service's default rewarding timesteps (docs/method.md#normalisation)
+CALIBRATION_TIMESTEPS = defaults.TIMESTEPS
 CORRUPT_FRACTION = 0.05
 # below these the report warns that the flow is not to be trusted
 WARN_LOSS_RATIO = 0.9
@@ -67,6 +69,20 @@ class FitReport:
             "calibration": self.calibration.to_dict(),
             "warnings": list(self.warnings),
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitReport:
+        """The inverse of to_dict (a checkpoint's `extra.report`)."""
+        return cls(
+            samples=d["heldout_samples"],
+            loss=d["loss"],
+            zero_loss=d["zero_field_loss"],
+            clean_deviation=d["clean_deviation"],
+            corrupted_deviation=d["corrupted_deviation"],
+            pairs_corrupted_higher=d["pairs_corrupted_higher"],
+            calibration=Calibration.from_dict(d["calibration"]),
+            warnings=list(d.get("warnings", [])),
+        )
 
     def lines(self) -> list[str]:
         """The report as the CLI prints it."""

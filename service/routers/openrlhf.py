@@ -10,6 +10,9 @@ then logs the failure and trains the sample without a reward. Hence:
 - labels are taken as they come (the service does not read them);
 - the EOS text OpenRLHF decodes into the query is cut off the response (`strip_eos`, default
   on): the tokenizer's EOS and padding tokens, repeated, at the end of the response.
+
+Scoring takes the service's default options, resolved by the same code as /v1/score's
+(service/options.py), and the same request-cost check (422 `request_too_costly`).
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from flowfield.rewards import RewardOptions
 from flowfield.samples import SampleLimits, check_sample
 from service.auth import require
 from service.errors import ApiError
+from service.options import check_cost, score_options
 from service.scheduler import ScoreJob
 from service.schemas import OpenRLHFResponse, Text, error_responses
 from service.settings import Settings
@@ -101,7 +104,9 @@ async def get_reward(
         )
     if n == 0:
         return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
-    enc = state.scorer.encoder
+    scorer = state.scorer
+    options = score_options(None, settings, scorer)  # the defaults, resolved as /v1/score does
+    enc = scorer.encoder
     limits = SampleLimits.of(enc)
     if not limits.has_tokenizer:
         raise ApiError(422, "no_tokenizer", "the policy has no tokenizer: /get_reward takes "
@@ -128,23 +133,12 @@ async def get_reward(
         prompts.append(pi)
         responses.append(ri)
     ok = [i for i, r in enumerate(responses) if r]
+    # counted as /v1/score counts the same samples: every query's prompt and response tokens
+    check_cost(prompts, responses, len(enc.layers), options, settings, samples_field="query")
     rewards = [0.0] * n
     mean_dev = [0.0] * n
     if ok:
-        job = ScoreJob(
-            [prompts[i] for i in ok],
-            [responses[i] for i in ok],
-            RewardOptions(
-                state.scorer.resolve_normalization(
-                    None, settings.normalization, tuple(settings.timesteps)
-                ),
-                settings.beta,
-                settings.threshold,
-                settings.top_k,
-            ),
-            tuple(settings.timesteps),
-            settings.noise_draws,
-        )
+        job = ScoreJob([prompts[i] for i in ok], [responses[i] for i in ok], options)
         try:
             out = await state.scheduler.submit(job)
         except ValueError as e:  # the service's default options do not fit the current flow

@@ -28,8 +28,13 @@ from collections import deque
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse
 
-from flowfield.demo.data import corrupt_digits
-from flowfield.demo.task import expert_solution, first_error, parse_prompt, verify
+from flowfield.demo.task import (
+    corrupt_digits,
+    expert_solution,
+    first_error,
+    parse_prompt,
+    verify,
+)
 from flowfield.evaluation.evaluate import token_strings
 from flowfield.evaluation.html import TokenView, render_fragment, render_page
 from flowfield.evaluation.problems import eval_problems

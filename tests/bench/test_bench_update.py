@@ -1,4 +1,4 @@
-"""Smoke run of scripts/bench_update.py (flowfield/bench/update.py) against a live demo server
+"""Smoke run of `flowfield bench update` (flowfield/bench/update.py) against a live demo server
 with tiny sizes: the numbers have the documented structure, every /update became exactly one
 new flow version that was served, scoring kept going, and the BENCHMARKS.md section replaces
 only itself. No timing is asserted (beyond being positive and finite)."""
@@ -31,7 +31,7 @@ TINY = {
 }
 
 
-def test_bench_update_script_end_to_end(tmp_path):
+def test_bench_update_command_end_to_end(tmp_path):
     out, md = tmp_path / "update.json", tmp_path / "BENCHMARKS.md"
     md.write_text(f"# Benchmarks\n\n{SCORE_SECTION}\n\nkeep me\n\n{SECTION}\n\nold\n")
     args = [f"--{k}={v}" for k, v in TINY.items()]
@@ -39,7 +39,7 @@ def test_bench_update_script_end_to_end(tmp_path):
     # with this one every sample would be skipped and the bench would fail
     env = {**os.environ, "FLOWFIELD_ACCEPT_THRESHOLD": "2"}
     proc = subprocess.run(
-        [sys.executable, "scripts/bench_update.py", *args, "--json", str(out),
+        [sys.executable, "-m", "service.cli", "bench", "update", *args, "--json", str(out),
          "--markdown", str(md), "--workdir", str(tmp_path / "work")],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
     )
@@ -86,6 +86,7 @@ def test_bench_update_script_end_to_end(tmp_path):
     assert "| no other load (2 updates) |" in section and "tokens/s" in section
     assert "FLOWFIELD_LEARNER_BATCH=8" in section
     assert "--json" not in section and "--workdir" not in section  # output paths only
+    assert "flowfield bench update --updates=2 " in section  # the command that reproduces it
 
 
 def test_replace_section_by_title_keeps_the_other_sections(tmp_path):

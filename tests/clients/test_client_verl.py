@@ -1,6 +1,8 @@
 """verl 0.9.x, for real: verl's own `RewardLoopWorker` loads `FlowfieldRewardManager` the way
 `reward.reward_manager.source=importlib` does and scores real `DataProto`s against the running
-service; verl's own `compute_advantage` (legacy trainer) runs the registered `flowfield_grpo`
+service; verl's own `AgentLoopWorker` runs validation and training batches built from verl
+`RLHFDataset`s the way the legacy trainer builds them, and only the training rollouts reach
+/v1/update; verl's `compute_advantage` (legacy trainer) runs the registered `flowfield_grpo`
 estimator on a batch assembled the way verl assembles it, and its token advantages are the ones
 the service computes itself (`return_advantages`).
 
@@ -13,15 +15,18 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from client_server import DEMO_POLICY, REPO, wrong_answer
 from flowfield_client import FlowfieldClient, Sample
+from flowfield_client.adapters.verl import flowfield_grpo_advantage
 
-from flowfield.demo.task import Problem, expert_solution
+from flowfield.demo.task import Problem, expert_solution, parse_prompt
 
 if not os.environ.get("CI"):
     pytest.importorskip("verl")
@@ -29,9 +34,18 @@ if not os.environ.get("CI"):
 from omegaconf import OmegaConf, open_dict  # noqa: E402 - verl's config library
 from tensordict import TensorDict  # noqa: E402
 from verl import DataProto  # noqa: E402
+from verl.experimental.agent_loop.agent_loop import (  # noqa: E402
+    AgentLoopBase,
+    AgentLoopMetrics,
+    AgentLoopOutput,
+    AgentLoopWorker,
+    register,
+)
 from verl.experimental.reward_loop.reward_loop import RewardLoopWorker  # noqa: E402
 from verl.trainer.config import AlgoConfig  # noqa: E402
-from verl.trainer.ppo.ray_trainer import compute_advantage  # noqa: E402
+from verl.trainer.ppo import ray_trainer  # noqa: E402 - fit() calls ray_trainer.compute_advantage
+from verl.trainer.ppo.utils import create_rl_dataset  # noqa: E402
+from verl.utils.dataset.rl_dataset import collate_fn  # noqa: E402
 
 VERIFIER = str(REPO / "examples" / "trainers" / "verl_flowfield_reward.py")
 
@@ -197,8 +211,20 @@ def test_dense_token_rewards_reach_grpo_advantages(ff_server, tok):
         data.non_tensor_batch[key] = np.array([info[key] for info in infos])
     data.batch["token_level_scores"] = rm
     data.batch["token_level_rewards"] = rm
-    out = compute_advantage(data, adv_estimator="flowfield_grpo", config=AlgoConfig())
+    # what RayPPOTrainer.fit calls: the module's compute_advantage, which the adapter made pass
+    # the batch to flowfield_grpo (verl's own passes it to GDPO only)
+    out = ray_trainer.compute_advantage(data, adv_estimator="flowfield_grpo", config=AlgoConfig())
     adv = out.batch["advantages"]
+    direct, _ = flowfield_grpo_advantage(
+        token_level_rewards=rm, response_mask=data.batch["response_mask"],
+        index=data.non_tensor_batch["uid"], config=AlgoConfig(),
+        non_tensor_batch=data.non_tensor_batch)
+    assert torch.equal(direct, adv)
+    # verl's function as it ships calls the estimator without the batch: the estimator does not
+    # look for it elsewhere (no peeking at its caller), it says what to do
+    with pytest.raises(RuntimeError, match="non_tensor_batch"):
+        ray_trainer.compute_advantage.__wrapped__(
+            data, adv_estimator="flowfield_grpo", config=AlgoConfig())
 
     ref = reference(ff_server.url, rows, verdicts, return_advantages=True)
     mask = data.batch["response_mask"]
@@ -216,4 +242,122 @@ def test_dense_token_rewards_reach_grpo_advantages(ff_server, tok):
     # without the token rewards in the batch (verl's v1 trainer) it says what to do
     del data.non_tensor_batch["flowfield_token_rewards"]
     with pytest.raises(RuntimeError, match="use_v1=false"):
-        compute_advantage(data, adv_estimator="flowfield_grpo", config=AlgoConfig())
+        ray_trainer.compute_advantage(data, adv_estimator="flowfield_grpo", config=AlgoConfig())
+    # other estimators go to verl's compute_advantage untouched
+    data.batch["advantages"] = torch.zeros_like(adv)
+    out = ray_trainer.compute_advantage(data, adv_estimator="rloo", config=AlgoConfig())
+    assert out.batch["advantages"].abs().sum() > 0
+
+
+# ---- validation rollouts: verl's agent loop, from dataset files to the reward manager ----------
+
+
+@register("flowfield_expert")
+class ExpertAgentLoop(AgentLoopBase):
+    """A verl agent loop without an LLM: it answers each demo prompt with the expert solution
+    (and EOS), so the verifier accepts every rollout. verl instantiates it by name
+    (`rollout.agent.default_agent_loop`) and does everything else itself."""
+
+    async def run(self, sampling_params, **kwargs) -> AgentLoopOutput:
+        text = kwargs["raw_prompt"][-1]["content"]
+        prompt_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        response_ids = self.tokenizer(expert_solution(parse_prompt(text)),
+                                      add_special_tokens=False)["input_ids"]
+        response_ids.append(self.tokenizer.eos_token_id)
+        return AgentLoopOutput(prompt_ids=prompt_ids, response_ids=response_ids,
+                               response_mask=[1] * len(response_ids), num_turns=2,
+                               metrics=AgentLoopMetrics())
+
+
+def write_dataset(path: Path, problems) -> str:
+    """A verl dataset file as verl's data preprocessing writes one (chat prompt, ground truth,
+    extra info); no `split` in the extra info: the manager must recognise validation rows by
+    their prompt."""
+    import datasets
+
+    datasets.Dataset.from_list([
+        {"data_source": "demo-arith", "prompt": [{"role": "user", "content": p.prompt}],
+         "ability": "math", "reward_model": {"style": "rule", "ground_truth": str(p.answer)},
+         "extra_info": {"index": i}}
+        for i, p in enumerate(problems)]).to_parquet(str(path))
+    return str(path)
+
+
+def trainer_batch(cfg, files: str, tok, validate: bool) -> DataProto:
+    """The generation batch RayPPOTrainer builds: `_validate` (meta_info "validate") or `fit`
+    (rollout.n repeats), from verl's dataset class and collate_fn."""
+    ds = create_rl_dataset(files, cfg.data, tok, None)
+    batch = DataProto.from_single_dict(collate_fn([ds[i] for i in range(len(ds))]))
+    batch.non_tensor_batch["uid"] = np.array([str(uuid.uuid4()) for _ in range(len(batch))],
+                                             dtype=object)
+    gen = ray_trainer.RayPPOTrainer._get_gen_batch(None, batch)  # uses no trainer state
+    if validate:
+        gen.meta_info = {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id,
+                         "recompute_log_prob": False, "do_sample": False, "validate": True,
+                         "global_steps": 0}
+        return gen
+    gen.meta_info["global_steps"] = 1
+    return gen.repeat(repeat_times=cfg.actor_rollout_ref.rollout.n, interleave=True)
+
+
+def test_validation_rollouts_are_scored_but_not_pushed(ff_server, tok, tmp_path):
+    train = write_dataset(tmp_path / "train.parquet", [problem(10 + i) for i in range(3)])
+    val = write_dataset(tmp_path / "test.parquet", [problem(20 + i) for i in range(2)])
+
+    def worlds(**reward_kwargs):
+        cfg = verl_config(ff_server.url, **reward_kwargs)
+        with open_dict(cfg):
+            cfg.data.train_files, cfg.data.val_files = train, val
+            cfg.actor_rollout_ref.rollout.name = "vllm"  # mandatory; no server is started
+            cfg.actor_rollout_ref.rollout.n = 2
+            cfg.actor_rollout_ref.rollout.agent.default_agent_loop = "flowfield_expert"
+        reward_worker = RewardLoopWorker(cfg)
+        handle = SimpleNamespace(compute_score=SimpleNamespace(remote=reward_worker.compute_score))
+        # verl's agent-loop worker, streaming each rollout to the reward worker (a Ray actor
+        # handle in verl: `compute_score.remote(data)`, awaited)
+        agent = AgentLoopWorker(cfg, llm_client=None, reward_loop_worker_handles=[handle])
+        return cfg, reward_worker, agent
+
+    def generate(agent, reward_worker, batch):
+        return reward_worker.loop.run_until_complete(agent.generate_sequences(batch))
+
+    ff_server.wait_quiet()
+    trained0 = ff_server.flow()["samples_trained"]
+    cfg, reward_worker, agent = worlds()
+    core = reward_worker.reward_manager.core
+    assert len(core.validation_prompts) == 2  # read from data.val_files
+
+    # _validate: two accepted rollouts, scored (reward = verifier + flow), nothing pushed
+    out = generate(agent, reward_worker, trainer_batch(cfg, val, tok, validate=True))
+    assert out.non_tensor_batch["acc"].tolist() == [1.0, 1.0]
+    assert out.batch["rm_scores"].sum(-1).tolist() == pytest.approx(
+        (1.0 + out.non_tensor_batch["flow_return"]).tolist(), abs=1e-5)
+    assert core.update_results == [] and core.validation_not_pushed == 2
+    assert ff_server.wait_quiet()["samples_trained"] == trained0
+
+    # fit: six accepted rollouts, all pushed
+    out = generate(agent, reward_worker, trainer_batch(cfg, train, tok, validate=False))
+    assert out.non_tensor_batch["acc"].tolist() == [1.0] * 6
+    assert len(core.update_results) == 6 and core.validation_not_pushed == 2
+    assert ff_server.wait_quiet()["samples_trained"] == trained0 + 6
+
+    # asked for: push_validation pushes the validation rollouts too
+    cfg, reward_worker, agent = worlds(push_validation=True)
+    generate(agent, reward_worker, trainer_batch(cfg, val, tok, validate=True))
+    assert len(reward_worker.reward_manager.core.update_results) == 2
+    assert ff_server.wait_quiet()["samples_trained"] == trained0 + 8
+
+
+def test_validation_marks_other_than_the_prompt(ff_server, tok):
+    """verl's validate flag in meta_info, and verl's preprocessing `extra_info["split"]`."""
+    worker = RewardLoopWorker(verl_config(ff_server.url))  # data.val_files: verl's default path
+    core = worker.reward_manager.core
+    p, r, a, _ = rollouts(tok, n_groups=1, n=1)[0]
+    item = agent_loop_item(p, r, a)
+    assert not core.is_validation(item, item[0])
+    item.meta_info["validate"] = True
+    assert core.is_validation(item, item[0])
+    for split, expected in (("test", True), ("validation", True), ("train", False)):
+        item = agent_loop_item(p, r, a)
+        item.non_tensor_batch["extra_info"] = np.array([{"index": 0, "split": split}])
+        assert core.is_validation(item, item[0]) is expected

@@ -159,7 +159,7 @@ def test_dockerfile_requirements_step_reads_the_project_dependencies(tmp_path):
 def test_gateway_config_passes_nginx_t(tmp_path):
     nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if not nginx:
-        pytest.skip("nginx not installed: gateway config syntax not checked")
+        pytest.skip("no nginx: install Debian's package (apt-get install nginx-light)")
     conf = DEPLOY / "compose" / "nginx.conf"
     out = subprocess.run(
         [
@@ -451,7 +451,7 @@ def test_compose_prometheus_scrapes_every_scorer_replica():
 def test_prometheus_config_passes_promtool():
     promtool = shutil.which("promtool")
     if not promtool:
-        pytest.skip("promtool not installed (Debian package prometheus; .ci/run installs it)")
+        pytest.skip("no promtool: install Debian's package (apt-get install prometheus)")
     out = subprocess.run(
         [promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml")],
         capture_output=True,
@@ -680,7 +680,7 @@ def test_k8s_manifests_parse_and_kustomization_lists_them():
 def test_k8s_kustomize_renders():
     kubectl = shutil.which("kubectl")
     if not kubectl:
-        pytest.skip("kubectl not installed: kustomize rendering not checked")
+        pytest.skip("no kubectl: install Debian's package (apt-get install kubernetes-client)")
     out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     rendered = [d for d in yaml.safe_load_all(out.stdout) if d]

@@ -200,7 +200,7 @@ def test_prometheus_evaluates_every_dashboard_query(stack):
     if prom is None:
         if os.environ.get("CI"):
             pytest.fail("prometheus is not installed: .ci/run must install the Debian package")
-        pytest.skip("prometheus binary missing and could not be installed (apt-get prometheus)")
+        pytest.skip("no prometheus binary: install Debian's package (apt-get install prometheus)")
     (target,) = [t for t in prom.targets() if t["labels"]["job"] == JOB]
     assert target["health"] == "up", target
     instance = target["labels"]["instance"]

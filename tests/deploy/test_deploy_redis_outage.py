@@ -16,8 +16,10 @@ from deploy_support import Server, free_port
 
 from flowfield.demo.task import Problem, expert_solution
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                reason="needs the redis-server binary")
+pytestmark = pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="no redis-server binary: install Debian's package (apt-get install redis-server)",
+)
 
 
 class OwnRedis:

@@ -48,6 +48,24 @@ def test_eval_prints_the_tables(demo_eval):
         assert heading in text
     for row in ("flow: mean deviation", "policy: mean token NLL", "uniformly random position"):
         assert row in text
+    # every flow-return row names its normalisation; the headline one is the service's default
+    rows = [line for line in text.splitlines() if line.startswith("flow: flow return")]
+    assert [r.split("  ")[0] for r in rows] == [
+        "flow: flow return, expert (default)",
+        "flow: flow return, bilateral",
+        "flow: flow return, unilateral",
+    ]
+    assert "bilateral: per-sequence min-max to [-1, 1]" in text  # and says what each does
+
+
+def test_eval_headline_return_uses_the_service_default(demo_eval):
+    _, report, _ = demo_eval
+    assert report["setup"]["normalization"] == {"name": "expert", "default": True}
+    assert report["setup"]["reward"]["normalization"] == "expert"
+    assert report["labels"]["flow_return"] == "flow: flow return, expert (default)"
+    assert report["labels"]["flow_return_unilateral"] == "flow: flow return, unilateral"
+    for ev in report["evaluations"]:  # the headline return is the expert one
+        assert ev["auroc"]["flow_return"] == ev["auroc"]["flow_return_expert"]
 
 
 def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
@@ -78,7 +96,7 @@ def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
         assert set(ce["localisation"]["rules"]) >= {"flow_max_deviation", "flow_plus_nll"}
         names = {c["name"] for c in ev["token_classes"]}
         assert {"operand digit", "carry digit", "answer digit"} <= names
-    # the policy's own likelihood separates a toy's errors well (RLFR.md s9: 0.92)
+    # the policy's own likelihood separates a toy's errors well (docs/evaluation.md: 0.935)
     assert before["auroc"]["nll_mean"]["auroc"] > 0.7
     # refinement changes the flow's numbers, not the policy's
     assert before["auroc"]["nll_mean"] == after["auroc"]["nll_mean"]

@@ -82,6 +82,13 @@ def test_picks_break_ties_at_the_earliest_token():
     assert most_extreme([1.0, 3.0, 3.0, 2.0]) == 1
 
 
+def test_clipped_rewards_tie_break_on_the_raw_deviation():
+    # `expert` clips at z = 1: tokens 1 and 3 both get -beta; token 3 deviates more
+    rewards, deviations = [0.0, -0.01, 0.0, -0.01], [1.0, 7.0, 2.0, 9.0]
+    assert most_penalised(rewards, deviations) == 3
+    assert most_penalised(rewards) == 1
+
+
 def test_random_rate_clips_the_window_to_the_response():
     assert random_rate(5, 10, (0, 0)) == pytest.approx(0.1)
     assert random_rate(5, 10, (-1, 2)) == pytest.approx(0.4)

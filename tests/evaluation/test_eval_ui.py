@@ -7,10 +7,9 @@ only where no Chromium is installed. The HTTP tests run everywhere.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 
 import pytest
+from browser import chromium, needs_chromium
 from live_server import Server
 
 WRONG = {
@@ -21,11 +20,6 @@ WRONG = {
 }
 RIGHT = {**WRONG, "id": "ui-right", "reward": 1.0,
          "response": "4+8+0=12,3+7+1=11,2+6+1=09,1+5+0=06,A:6912."}  # fmt: skip
-
-CHROMIUM = next(
-    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
-)
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed")
 
 
 @pytest.fixture(scope="module")
@@ -78,30 +72,10 @@ def test_ui_page_lists_recent_rollouts_and_demo_examples(ui_server, rendered):
     assert wrong_type.status_code == 415
 
 
-def _chromium(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @needs_chromium
 def test_browser_screenshot_of_ui(ui_server, rendered, tmp_path):
     png = tmp_path / "ui.png"  # kept under pytest's tmp dir for a look
-    res = _chromium(
+    res = chromium(
         f"--user-data-dir={tmp_path / 'profile'}",
         f"--screenshot={png}",
         "--window-size=1200,900",
@@ -123,7 +97,7 @@ def test_browser_screenshot_of_ui(ui_server, rendered, tmp_path):
 @needs_chromium
 def test_browser_dom_has_coloured_tokens(ui_server, rendered, tmp_path):
     """The server-rendered page, as the browser parsed it."""
-    res = _chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", ui_server.url + "/ui")
+    res = chromium(f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", ui_server.url + "/ui")
     assert res.returncode == 0, res.stderr[-2000:]
     dom = res.stdout
     assert 'data-id="ui-wrong"' in dom
@@ -135,7 +109,7 @@ def test_browser_dom_has_coloured_tokens(ui_server, rendered, tmp_path):
 @needs_chromium
 def test_browser_runs_the_form_script(ui_server, tmp_path):
     """?run=1 makes the page's script post the form's request and insert the result."""
-    res = _chromium(
+    res = chromium(
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=20000",
         "--dump-dom",

@@ -71,3 +71,41 @@ def test_get_reward_refuses_a_query_it_cannot_score(extra_token_server, prompt, 
         assert r.status_code == 200, r.text
         rewards = r.json()["rewards"]
         assert rewards[1] == 0.0 and rewards[0] != 0.0
+
+
+@pytest.fixture(scope="module")
+def tight_server(tmp_path_factory):
+    srv = Server(
+        tmp_path_factory.mktemp("get-reward-cost"),
+        name="get-reward-cost",
+        env={"FLOWFIELD_MAX_REQUEST_COST": "2000", "FLOWFIELD_LEARNER": "false"},
+    )
+    yield srv
+    srv.stop()
+
+
+def test_get_reward_has_the_request_cost_check_of_v1_score(tight_server):
+    """/get_reward resolves its options as /v1/score does (service/options.py) and applies the
+    same max_request_cost: the same queries are the same 422 `request_too_costly` on both
+    routes, naming each route's samples field."""
+    resp = GOOD[len(PROMPT) :]
+    n = 13  # 13 x 53 tokens x 3 hooked layers x 1 timestep x 1 draw = 2067 > 2000
+    with tight_server.client() as c:
+        err = error_of(c.post("/get_reward", json={"query": [GOOD] * n, "prompts": [PROMPT] * n}),
+                       422)
+        samples = [{"id": str(i), "prompt": PROMPT, "response": resp} for i in range(n)]
+        same = error_of(c.post("/v1/score", json={"samples": samples}), 422)
+        assert err["code"] == same["code"] == "request_too_costly", (err, same)
+        assert err["message"] == same["message"], (err, same)
+        assert err["message"].startswith(
+            "request cost 2067 (689 tokens x 3 hooked layers x 1 timesteps x 1 noise draws) "
+            "exceeds max_request_cost 2000"
+        ), err
+        assert (err["field"], same["field"]) == ("query", "samples")
+        # within the budget both routes score, with the same default options and numbers
+        r = c.post("/get_reward", json={"query": [GOOD] * 2, "prompts": [PROMPT] * 2})
+        assert r.status_code == 200, r.text
+        s = c.post("/v1/score", json={"samples": samples[:2]})
+        assert s.status_code == 200, s.text
+        assert s.json()["normalization"] == "expert"  # the default: the demo flow is calibrated
+        assert r.json()["rewards"] == [x["flow_return"] for x in s.json()["results"]]

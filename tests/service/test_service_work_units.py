@@ -22,7 +22,7 @@ from service_helpers import demo_sample
 from flowfield.checkpoint import load_flow
 from flowfield.encoder import LatentEncoder
 from flowfield.rewards import RewardOptions
-from flowfield.scorer import FlowScorer
+from flowfield.scorer import FlowScorer, ScoreOptions
 from service.scheduler import (
     ModelRuntime,
     ScoreJob,
@@ -102,9 +102,7 @@ def _job(ids, samples, timesteps=TIMESTEPS, draws=16) -> ScoreJob:
     return ScoreJob(
         [list(p) for p in prompts],
         [list(r) for r in responses],
-        RewardOptions("bilateral", threshold=0.0, top_k=0),
-        timesteps,
-        draws,
+        ScoreOptions(RewardOptions("bilateral", threshold=0.0, top_k=0), tuple(timesteps), draws),
         outcome_rewards=[1.0, 0.0, 1.0, 0.0][: len(samples)],
         group_ids=["g"] * len(samples),
     )

@@ -17,25 +17,41 @@ Supported: verl 0.9.0 and 0.9.1 (`SUPPORTED_VERL`), whose reward managers subcla
 and returns `{"reward_score": verifier + flow_weight * flow_return, "reward_extra_info":
 {...}}`; verl puts the scalar at the last response token. The verifier is verl's
 `compute_score` (`reward.custom_reward_function`, or verl's default for the data source);
-responses it accepts (score >= accept_threshold) are pushed to /v1/update, each with its
-own update id.
+training responses it accepts (score >= accept_threshold) are pushed to /v1/update, each with
+its own update id.
+
+Validation rollouts are scored but not pushed (unless `push_validation`). verl 0.9 does not
+tell a reward manager which rollouts are validation ones: `RayPPOTrainer._validate` marks the
+generation batch (`meta_info["validate"] = True`), but `AgentLoopWorker._compute_score` builds
+the reward worker's `DataProto` from the sample's dataset fields alone, without meta_info, and
+one manager per reward-loop worker serves training and validation alike. A sample counts as
+validation when (`FlowfieldVerlCore.is_validation`): its `DataProto.meta_info["validate"]` is
+true (callers that pass verl's flag on); its `extra_info["split"]` is one of
+`validation_splits` (verl's data preprocessing scripts write "train"/"test"); or its prompt
+(`raw_prompt`, the dataset row's `data.prompt_key` messages, which verl's agent loop hands the
+reward worker) is one of the prompts of the validation files (`validation_files`, by default
+verl's `data.val_files`, read when the manager is built).
 
 Dense token rewards (`+reward.reward_kwargs.dense=true`, with
 `algorithm.adv_estimator=flowfield_grpo` and `trainer.use_v1=false`): the scalar is the
 verifier reward alone, the weighted token rewards travel in the extra info
 (`flowfield_token_rewards`, a JSON list: verl stacks extra info with numpy, which needs one
 value per sample), and the `flowfield_grpo` estimator gives each token
-`A_t = GRPO(verifier) + sum_{t' >= t} r_t'`, the RLFR token advantage. verl 0.9 hands a
-custom estimator only the token-level reward tensor, the response mask, the group index and
-the algorithm config; the estimator therefore reads the token rewards from the batch that
-verl's `compute_advantage` is working on (its caller), which is the whole batch only in the
-legacy trainer (`trainer.use_v1=false`). With the v1 trainer it raises and says so. The
-estimator is registered whenever the manager class is first resolved, which verl's
-`RewardLoopManager` does in the trainer process.
+`A_t = GRPO(verifier) + sum_{t' >= t} r_t'`, the RLFR token advantage. The estimator takes
+the token rewards from its `non_tensor_batch` argument (or `token_rewards`). verl 0.9.1's
+`compute_advantage` (verl/trainer/ppo/ray_trainer.py) calls a registered estimator with
+`token_level_rewards`, `response_mask`, `config`, `index` (the uid) and `reward_baselines`
+only, and adds `non_tensor_batch` and `batch` for GDPO alone; `forward_batch_to_estimator`
+therefore wraps that module's `compute_advantage` so that for `flowfield_grpo` (and nothing
+else) it passes them too, as it does for GDPO. `register_estimator` does both, when the
+manager class is first resolved, which verl's `RewardLoopManager` does in the trainer process.
+The v1 trainer loads only a fixed set of fields for the advantage step (no extra info): there
+the estimator raises and says so.
 
 Options come from `reward.reward_kwargs` (verl passes the manager no other arguments) and the
 environment: flowfield_url (FLOWFIELD_URL), api_key (FLOWFIELD_API_KEY), flow_weight,
-add_verifier, push_accepted, accept_threshold, dense, score_options, strict_updates, timeout.
+add_verifier, push_accepted, push_validation, validation_splits, validation_files,
+accept_threshold, dense, score_options, strict_updates, timeout.
 
 Nothing from verl or torch is imported when this module is imported: the manager class is
 built on first access (`from flowfield_client.adapters.verl import FlowfieldRewardManager`
@@ -45,12 +61,16 @@ imports verl), so `flowfield_client` stays httpx-only.
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import inspect
 import json
 import logging
 import math
+import os
+import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +83,8 @@ log = logging.getLogger("flowfield_client.verl")
 SUPPORTED_VERL = ">=0.9.0,<0.10"
 TOKEN_REWARDS_KEY = "flowfield_token_rewards"
 ESTIMATOR_NAME = "flowfield_grpo"
+# extra_info["split"] values of validation rows (verl's data preprocessing writes "test")
+VALIDATION_SPLITS = ("test", "val", "valid", "validation", "eval")
 
 __all__ = [  # noqa: F822 - FlowfieldRewardManager is built on first access (__getattr__)
     "ESTIMATOR_NAME",
@@ -71,7 +93,12 @@ __all__ = [  # noqa: F822 - FlowfieldRewardManager is built on first access (__g
     "SUPPORTED_VERL",
     "TOKEN_REWARDS_KEY",
     "VerlOptions",
+    "VALIDATION_SPLITS",
+    "flowfield_compute_advantage",
     "flowfield_grpo_advantage",
+    "forward_batch_to_estimator",
+    "load_validation_prompts",
+    "prompt_fingerprint",
     "register_estimator",
     "token_rewards_tensor",
 ]
@@ -86,6 +113,9 @@ class VerlOptions:
     flow_weight: float = 1.0
     add_verifier: bool = True
     push_accepted: bool | None = None  # default: when there is a verifier
+    push_validation: bool = False  # push accepted validation rollouts too
+    validation_splits: list[str] = field(default_factory=lambda: list(VALIDATION_SPLITS))
+    validation_files: str | list[str] | None = None  # default: the config's data.val_files
     accept_threshold: float = 1.0
     dense: bool = False
     score_options: dict[str, Any] = field(default_factory=dict)
@@ -102,12 +132,18 @@ class VerlOptions:
         if isinstance(opts.flowfield_url, tuple):
             opts.flowfield_url = list(opts.flowfield_url)
         opts.score_options = dict(opts.score_options or {})
+        if isinstance(opts.validation_splits, str):
+            opts.validation_splits = [opts.validation_splits]
+        opts.validation_splits = list(opts.validation_splits or [])
         return opts
 
 
 class FlowfieldVerlCore:
     """What `FlowfieldRewardManager` does, without the verl base class (usable and testable
-    without verl): one sample in, verl's `{"reward_score", "reward_extra_info"}` out."""
+    without verl): one sample in, verl's `{"reward_score", "reward_extra_info"}` out.
+
+    `validation_prompts`: `prompt_fingerprint`s of the validation set's prompts (the manager
+    reads them from the validation files)."""
 
     def __init__(
         self,
@@ -115,9 +151,12 @@ class FlowfieldVerlCore:
         compute_score: Callable[..., Any] | None,
         options: VerlOptions,
         client: AsyncFlowfieldClient | None = None,
+        validation_prompts: Collection[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.options = options
+        self.validation_prompts = frozenset(validation_prompts)
+        self._validation_splits = frozenset(str(s).lower() for s in options.validation_splits)
         self.push_accepted = (
             compute_score is not None if options.push_accepted is None else options.push_accepted
         )
@@ -131,6 +170,7 @@ class FlowfieldVerlCore:
         self.strip_ids = frozenset(_special_ids(tokenizer))
         self.update_results: list[Any] = []
         self.update_failures = 0
+        self.validation_not_pushed = 0  # accepted validation rollouts kept off /update
 
     @property
     def client(self) -> AsyncFlowfieldClient:
@@ -144,6 +184,21 @@ class FlowfieldVerlCore:
             )
             self._client_loop = loop
         return self._client
+
+    def is_validation(self, data: Any, item: Any) -> bool:
+        """Whether the sample is a validation rollout: `meta_info["validate"]`, an
+        `extra_info["split"]` in `validation_splits`, or a prompt of the validation set."""
+        meta = getattr(data, "meta_info", None)
+        if isinstance(meta, Mapping) and meta.get("validate"):
+            return True
+        nt = item.non_tensor_batch
+        extra = nt.get("extra_info")
+        split = extra.get("split") if isinstance(extra, Mapping) else None
+        if isinstance(split, str) and split.lower() in self._validation_splits:
+            return True
+        if self.validation_prompts:
+            return prompt_fingerprint(nt.get("raw_prompt")) in self.validation_prompts
+        return False
 
     async def run_single(self, data: Any) -> dict[str, Any]:
         data = data[-1:]  # multi-sequence outputs: the last one is scored, as verl's managers do
@@ -173,7 +228,10 @@ class FlowfieldVerlCore:
         if self.options.dense:
             info[TOKEN_REWARDS_KEY] = _token_json(res, w)
         if self.push_accepted and verdict is not None and verdict >= self.options.accept_threshold:
-            await self._push(prompt_ids, scored, verdict)
+            if self.options.push_validation or not self.is_validation(data, item):
+                await self._push(prompt_ids, scored, verdict)
+            else:
+                self.validation_not_pushed += 1
         return {"reward_score": score, "reward_extra_info": info}
 
     async def _verify(self, item: Any, response_ids: Sequence[int]) -> tuple[float, dict]:
@@ -238,25 +296,29 @@ def flowfield_grpo_advantage(
     norm_adv_by_std_in_grpo: bool | None = None,
     config: Any = None,
     token_rewards: Any = None,
+    non_tensor_batch: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, Any]:
     """GRPO's outcome advantage of `token_level_rewards` plus the reward-to-go of the flow
     token rewards: A_t = (R - mean_g R) / (std_g R + eps) + sum_{t' >= t} r_t'.
 
-    `token_rewards` ([batch, response_len]); when verl does not pass them (it never does in
-    0.9), they are read from the batch in the calling `compute_advantage`.
+    The token rewards: `token_rewards` ([batch, response_len], or one JSON list per sample),
+    else `non_tensor_batch["flowfield_token_rewards"]` (the batch's extra info, which verl's
+    `compute_advantage` passes once `forward_batch_to_estimator` is installed).
     """
     import torch
     from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
+    if token_rewards is None:
+        if non_tensor_batch is None or TOKEN_REWARDS_KEY not in non_tensor_batch:
+            raise RuntimeError(_NO_TOKEN_REWARDS)
+        token_rewards = list(non_tensor_batch[TOKEN_REWARDS_KEY])
     if norm_adv_by_std_in_grpo is None:
         norm_adv_by_std_in_grpo = bool(_get(config, "norm_adv_by_std_in_grpo", True))
     adv, _ = compute_grpo_outcome_advantage(
         token_level_rewards=token_level_rewards, response_mask=response_mask, index=index,
         epsilon=epsilon, norm_adv_by_std_in_grpo=norm_adv_by_std_in_grpo, config=config,
     )
-    if token_rewards is None:
-        token_rewards = _token_rewards_from_caller(token_level_rewards)
     if not isinstance(token_rewards, torch.Tensor):
         token_rewards = token_rewards_tensor(
             token_rewards, token_level_rewards.shape[-1], token_level_rewards.device
@@ -268,48 +330,187 @@ def flowfield_grpo_advantage(
     return adv, adv
 
 
-def _token_rewards_from_caller(token_level_rewards: Any, depth: int = 4) -> Any:
-    """The token rewards in the batch whose `token_level_rewards` we were given, found among
-    the locals of our callers (verl's `compute_advantage(data, ...)`). Read-only."""
-    frame = inspect.currentframe()
-    try:
-        f = frame.f_back.f_back if frame is not None and frame.f_back is not None else None
-        for _ in range(depth):
-            if f is None:
-                break
-            for value in list(f.f_locals.values()):
-                batch = getattr(value, "batch", None)
-                nt = getattr(value, "non_tensor_batch", None)
-                if batch is None or not isinstance(nt, Mapping):
-                    continue
-                try:
-                    same = batch["token_level_rewards"] is token_level_rewards
-                except (KeyError, TypeError):
-                    same = False
-                if same:
-                    if TOKEN_REWARDS_KEY not in nt:
-                        break
-                    return list(nt[TOKEN_REWARDS_KEY])
-            f = f.f_back
-    finally:
-        del frame
-    raise RuntimeError(
-        f"{ESTIMATOR_NAME}: no '{TOKEN_REWARDS_KEY}' in the batch. Use it with "
-        "FlowfieldRewardManager and +reward.reward_kwargs.dense=true, and with the legacy "
-        "trainer (trainer.use_v1=false): verl's v1 trainer gives advantage estimators the "
-        "reward tensor only, which holds one scalar per response."
-    )
+_NO_TOKEN_REWARDS = (
+    f"{ESTIMATOR_NAME}: no '{TOKEN_REWARDS_KEY}' in the batch (non_tensor_batch). Use it with "
+    "FlowfieldRewardManager and +reward.reward_kwargs.dense=true, and with the legacy trainer "
+    "(trainer.use_v1=false), whose compute_advantage the adapter makes pass the batch to "
+    f"{ESTIMATOR_NAME}: verl's v1 trainer gives advantage estimators the reward tensor only, "
+    "which holds one scalar per response."
+)
+
+
+def flowfield_compute_advantage(data: Any, config: Any = None, name: str = ESTIMATOR_NAME) -> Any:
+    """verl's `compute_advantage` for `flowfield_grpo` (registered as `name`): the same call
+    verl makes for a registered estimator (`token_level_rewards`, `response_mask`, `config`,
+    `index` = uid), plus the batch (`non_tensor_batch`, `batch`), as verl passes it to GDPO.
+    Sets `data.batch["advantages"]` and `["returns"]`; returns `data`."""
+    from verl.trainer.ppo import core_algos, ray_trainer
+
+    if "response_mask" not in data.batch:
+        data.batch["response_mask"] = ray_trainer.compute_response_mask(data)
+    kwargs: dict[str, Any] = {
+        "token_level_rewards": data.batch["token_level_rewards"],
+        "response_mask": data.batch["response_mask"],
+        "config": config,
+        "non_tensor_batch": data.non_tensor_batch,
+        "batch": data.batch,
+    }
+    if "uid" in data.non_tensor_batch:
+        kwargs["index"] = data.non_tensor_batch["uid"]
+    if "reward_baselines" in data.batch:
+        kwargs["reward_baselines"] = data.batch["reward_baselines"]
+    advantages, returns = core_algos.get_adv_estimator_fn(name)(**kwargs)
+    data.batch["advantages"] = advantages
+    data.batch["returns"] = returns
+    return data
+
+
+_forwarded: set[str] = set()  # estimator names compute_advantage passes the batch to
+
+
+def forward_batch_to_estimator(name: str = ESTIMATOR_NAME) -> None:
+    """Wrap `verl.trainer.ppo.ray_trainer.compute_advantage` (what the legacy trainer's
+    `RayPPOTrainer.fit` calls) so that `adv_estimator=<name>` (`flowfield_grpo`) goes to
+    `flowfield_compute_advantage`, which passes the estimator the batch; every other estimator
+    goes to verl's function unchanged. Idempotent; the original is `__wrapped__`."""
+    from verl.trainer.ppo import ray_trainer
+
+    _forwarded.add(name)
+    original = ray_trainer.compute_advantage
+    if getattr(original, "_flowfield_forwards_batch", False):
+        return
+    signature = inspect.signature(original)
+
+    @functools.wraps(original)
+    def compute_advantage(data: Any, adv_estimator: Any, *args: Any, **kwargs: Any) -> Any:
+        name = _estimator_name(adv_estimator)
+        if name not in _forwarded:
+            return original(data, adv_estimator, *args, **kwargs)
+        bound = signature.bind(data, adv_estimator, *args, **kwargs)
+        return flowfield_compute_advantage(data, config=bound.arguments.get("config"), name=name)
+
+    compute_advantage._flowfield_forwards_batch = True  # type: ignore[attr-defined]
+    ray_trainer.compute_advantage = compute_advantage
 
 
 def register_estimator(name: str = ESTIMATOR_NAME) -> Callable[..., Any]:
-    """Register `flowfield_grpo_advantage` with verl (`algorithm.adv_estimator=<name>`).
-    Idempotent; done automatically when the manager class is first resolved."""
+    """Register `flowfield_grpo_advantage` with verl (`algorithm.adv_estimator=<name>`) and
+    install `forward_batch_to_estimator`. Idempotent; done automatically when the manager class
+    is first resolved."""
     from verl.trainer.ppo import core_algos
 
     registry = getattr(core_algos, "ADV_ESTIMATOR_REGISTRY", {})
     if registry.get(name) is not flowfield_grpo_advantage:
         core_algos.register_adv_est(name)(flowfield_grpo_advantage)
+    forward_batch_to_estimator(name)
     return flowfield_grpo_advantage
+
+
+def _estimator_name(adv_estimator: Any) -> Any:
+    value = getattr(adv_estimator, "value", adv_estimator)  # AdvantageEstimator enum members
+    return value if isinstance(value, str) else None
+
+
+# ---- validation rollouts: the prompts of the validation set -------------------------------------
+
+_MEDIA = re.compile(r"<image>|<video>|<audio>")
+
+
+def prompt_fingerprint(messages: Any) -> str | None:
+    """A hash of a prompt's text, equal for a dataset row's `prompt` messages and the
+    `raw_prompt` verl's agent loop hands the reward worker (roles and text; media placeholders,
+    which verl's `RLHFDataset._build_messages` turns into content parts, left out). None for
+    no prompt."""
+    if messages is None:
+        return None
+    if isinstance(messages, str):
+        parts: list[list[str]] = [["", _text_of(messages)]]
+    else:
+        parts = []
+        for m in messages:
+            if isinstance(m, Mapping):
+                parts.append([str(m.get("role") or ""), _text_of(m.get("content"))])
+            else:
+                parts.append(["", _text_of(m)])
+    blob = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _text_of(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return _MEDIA.sub("", content)
+    if isinstance(content, Mapping):
+        kind = content.get("type", "text")
+        return _text_of(content.get("text")) if kind == "text" else ""
+    if isinstance(content, bytes):
+        return content.decode("utf-8", "replace")
+    if hasattr(content, "__iter__"):
+        return "".join(_text_of(c) for c in content)
+    return str(content)
+
+
+def load_validation_prompts(
+    files: str | Iterable[str], prompt_key: str = "prompt", cache_dir: str | None = None
+) -> set[str]:
+    """`prompt_fingerprint`s of the prompts (column `prompt_key`) of verl dataset files
+    (.parquet, .json, .jsonl: the formats verl's `RLHFDataset` reads; hdfs:// paths are
+    copied with verl's `copy_to_local`, as it does)."""
+    paths = [files] if isinstance(files, str) else list(files)
+    out: set[str] = set()
+    for path in paths:
+        local = os.path.expanduser(str(path))
+        if "://" in local:
+            from verl.utils.fs import copy_to_local
+
+            local = copy_to_local(local, cache_dir=cache_dir)
+        if local.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            prompts = pq.read_table(local, columns=[prompt_key]).column(prompt_key).to_pylist()
+        elif local.endswith((".json", ".jsonl")):
+            import datasets
+
+            prompts = datasets.load_dataset("json", data_files=local)["train"][prompt_key]
+        else:
+            raise ValueError(f"unsupported dataset file (not .parquet/.json/.jsonl): {path}")
+        out.update(fp for fp in map(prompt_fingerprint, prompts) if fp is not None)
+    return out
+
+
+def _validation_prompts_of(config: Any, options: VerlOptions) -> set[str]:
+    """The validation set's prompt fingerprints: `validation_files`, else `data.val_files`;
+    none (with a warning) when they cannot be read or are the training files."""
+    data = _get(config, "data")
+    files = options.validation_files
+    if files is None:
+        files = _plain(_get(data, "val_files"))
+        train = _plain(_get(data, "train_files"))
+        if files and _paths(files) == _paths(train):
+            log.warning(
+                "flowfield: data.val_files are the training files, so validation rollouts "
+                "cannot be told apart by prompt; they are pushed to /update like training ones "
+                "unless their extra_info split says 'test' (or set validation_files)")
+            return set()
+    if not files:
+        return set()
+    cache_dir = os.path.expanduser(str(_get(data, "cache_dir", None) or "~/.cache/verl/rlhf"))
+    try:
+        prompts = load_validation_prompts(
+            files, prompt_key=str(_get(data, "prompt_key", None) or "prompt"), cache_dir=cache_dir)
+    except Exception as e:
+        log.warning(
+            "flowfield: cannot read the validation files %s (%s): validation rollouts are "
+            "recognised only by meta_info['validate'] and extra_info['split']", files, e)
+        return set()
+    log.info("flowfield: %d validation prompts are not pushed to /update", len(prompts))
+    return prompts
+
+
+def _paths(files: Any) -> list[str]:
+    items = [files] if isinstance(files, str) else list(files or [])
+    return sorted(os.path.abspath(os.path.expanduser(str(f))) for f in items)
 
 
 # ---- the verl class, built on first access ------------------------------------------------------
@@ -344,6 +545,8 @@ def _build_manager() -> type:
                 if k in VerlOptions.__dataclass_fields__:
                     setattr(options, k, v)
             self.core = FlowfieldVerlCore(tokenizer, compute_score, options)
+            if self.core.push_accepted and not options.push_validation:
+                self.core.validation_prompts = frozenset(_validation_prompts_of(config, options))
 
         async def run_single(self, data: Any) -> dict[str, Any]:
             return await self.core.run_single(data)
