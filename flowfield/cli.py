@@ -37,13 +37,26 @@ def fit(
         "replicas rows); default 4096, smaller on small data to reach --min-steps",
     ),
     min_steps: int = typer.Option(
-        2000, help="unless --epochs and --batch-tokens are both set, take at least this many steps"
+        1000, help="unless --epochs and --batch-tokens are both set, take at least this many steps"
     ),
+    max_epochs: float = typer.Option(
+        20.0, help="without --epochs, at most this many passes over the data (0 = no cap)"
+    ),
+    early_stop: bool = typer.Option(
+        True,
+        "--early-stop/--no-early-stop",
+        help="stop when the held-out flow-matching loss has not improved for --patience "
+        "evaluations, keeping the best weights",
+    ),
+    eval_every: int = typer.Option(
+        0, help="steps between held-out loss evaluations (0 = total/40, within 25..250)"
+    ),
+    patience: int = typer.Option(5, help="evaluations without improvement before stopping"),
     lr: float = typer.Option(None, help="peak AdamW learning rate (default: 1e-3 up to W=256)"),
     weight_decay: float = 0.01,
     warmup: float = typer.Option(0.1, help="warm-up fraction of all steps"),
     replicas: int = typer.Option(2, help="fresh (t, noise) draws per token per step"),
-    width: int = typer.Option(0, help="flow width W (0 = the model's hidden size)"),
+    width: int = typer.Option(0, help="flow width W (0 = min(hidden size, 256))"),
     depth: int = typer.Option(4, help="residual blocks N"),
     context: str = typer.Option(
         defaults.CONTEXT, help="neighbour latent used as context: next|prev|none"
@@ -61,6 +74,22 @@ def fit(
     checkpoint_every: int = typer.Option(0, help="write a checkpoint every N steps (0 = end only)"),
     resume: bool = typer.Option(False, help="continue the fit saved in --out"),
     max_steps: int = typer.Option(0, help="pause after this many steps (resumable; 0 = all)"),
+    keep_trainer_state: bool = typer.Option(
+        False,
+        help="keep trainer_state.pt (optimiser state, only --resume reads it) once the fit "
+        "is complete; by default the finished flow folder holds just what serving needs",
+    ),
+    cache_gb: float = typer.Option(
+        2.0, help="latents up to this size (GiB) are cached in memory, larger ones on disk"
+    ),
+    cache_dir: Path = typer.Option(
+        None, help="folder for the on-disk latent cache (default <out>/latent-cache, removed)"
+    ),
+    encoder_name: str = typer.Option(
+        None,
+        help="the encoder's name recorded in the flow (default: \"name\" in the model "
+        "directory's flowfield.json, else the folder name)",
+    ),
     device: str = typer.Option("cpu", help="cpu or cuda"),
     threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
 ) -> None:
@@ -75,7 +104,9 @@ def fit(
         torch.set_num_threads(threads)
     try:
         fractions = comma_separated(layers, float, "fractions")
-        encoder = LatentEncoder(model, layer_fractions=fractions, device=device)
+        encoder = LatentEncoder(
+            model, layer_fractions=fractions, device=device, name=encoder_name or None
+        )
         samples = load_jsonl(data, encoder)
     except (OSError, ValueError) as e:
         raise fail(str(e)) from None
@@ -84,6 +115,10 @@ def fit(
         epochs=epochs,
         batch_tokens=batch_tokens,
         min_steps=min_steps,
+        max_epochs=max_epochs or None,
+        early_stop=early_stop,
+        eval_every=eval_every,
+        patience=patience,
         lr=lr,
         weight_decay=weight_decay,
         warmup=warmup,
@@ -95,15 +130,15 @@ def fit(
         context=context,
         standardize=standardize,
         holdout=holdout,
+        cache_gb=cache_gb,
+        cache_dir=None if cache_dir is None else str(cache_dir),
+        keep_trainer_state=keep_trainer_state,
     )
     try:
         res = fit_flow(encoder, samples, out, cfg, resume=resume, stop_after=max_steps or None)
     except ValueError as e:
         raise fail(str(e)) from None
-    typer.echo(
-        f"fit: {res.steps} steps, {res.tokens} tokens, final loss {res.final_loss:.4f}, "
-        f"{res.seconds:.1f}s -> {res.out}"
-    )
+    typer.echo(res.summary())
     if res.report is not None:
         typer.echo("\n".join(res.report.lines()))
     elif res.steps and not max_steps:
@@ -163,6 +198,11 @@ def eval_command(
         "float32 on cpu); the rollouts and logit baselines are the same in every dtype",
     ),
     threads: int = typer.Option(0, help="CPU threads for torch (0 = default)"),
+    encoder_name: str = typer.Option(
+        None,
+        help="the encoder's name in the report (default: \"name\" in the model directory's "
+        "flowfield.json, else the folder name)",
+    ),
 ) -> None:
     """Reward quality: AUROC of flow scores vs logit baselines, localisation, token classes."""
     import torch
@@ -206,6 +246,7 @@ def eval_command(
             logits=logits,
             device=device,
             dtype=dtype,
+            encoder_name=encoder_name or None,
         )
         result = run_evaluation(cfg)
     except (OSError, ValueError) as e:

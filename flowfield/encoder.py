@@ -295,8 +295,11 @@ class LatentEncoder:
 
     def _make_hook(self, index: int):
         def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            captured = getattr(self._local, "captured", None)
+            if captured is None:  # a forward of the model itself (logits, sampling): pass
+                return
             hidden = output[0] if isinstance(output, tuple) else output
-            self._local.captured[index] = hidden
+            captured[index] = hidden
             if index == self._deepest:
                 raise _StopForward
 
@@ -314,7 +317,7 @@ class LatentEncoder:
         else:  # pragma: no cover - the hook always fires
             raise RuntimeError("the deepest hooked block did not run")
         finally:
-            self._local.captured = {}
+            self._local.captured = None
         return torch.stack([captured[i] for i in self.layers])
 
     @torch.inference_mode()
@@ -395,6 +398,7 @@ class LatentEncoder:
         check: Callable[[], None] | None = None,
         remember: bool = False,
         reuse: bool = False,
+        share_prefix: bool = False,
     ) -> EncodedBatch:
         """Latents of every response token (and its neighbours) of every sample, packed.
 
@@ -403,6 +407,10 @@ class LatentEncoder:
         then called before each forward and may raise to abandon the call (shutdown).
         With a `memo` (flowfield.latent_memo): remember puts each encoded sample in it
         (scoring), reuse takes samples found there instead of encoding them (the learner).
+        share_prefix (not with fixed_shapes): when every prompt of the call starts with the
+        same MIN_SHARED_PREFIX or more tokens (a chat template's system prompt, few-shot
+        examples), that prefix runs once and each sample continues from it (`_encode_prefixed`;
+        the offline fit's latent cache uses it).
         """
         if len(prompts) != len(responses):
             raise ValueError("prompts and responses differ in length")
@@ -419,7 +427,11 @@ class LatentEncoder:
         todo = [i for i in range(n) if per_sample[i] is None]
         if todo:
             fresh = self._encode_samples(
-                [prompts[i] for i in todo], [responses[i] for i in todo], fixed_shapes, check
+                [prompts[i] for i in todo],
+                [responses[i] for i in todo],
+                fixed_shapes,
+                check,
+                share_prefix,
             )
             for i, latents in zip(todo, fresh):
                 per_sample[i] = latents
@@ -433,12 +445,17 @@ class LatentEncoder:
         responses: list[list[int]],
         fixed_shapes: bool,
         check: Callable[[], None] | None,
+        share_prefix: bool = False,
     ) -> list[torch.Tensor | None]:
         """Each sample's [L, R + 2, d] latents (see encode)."""
         n = len(prompts)
         per_sample: list[torch.Tensor | None] = [None] * n
         if fixed_shapes:
             self._encode_fixed(prompts, responses, per_sample, check or _no_check)
+            return per_sample
+        prefix = shared_prefix_length(prompts) if share_prefix and self.share_prompts else 0
+        if n >= 2 and prefix >= MIN_SHARED_PREFIX and all(responses):
+            self._encode_prefixed(prefix, prompts, responses, per_sample)
             return per_sample
         groups = self._shared_prompt_groups(prompts, responses) if self.share_prompts else []
         grouped = {i for g in groups for i in g}
@@ -461,11 +478,19 @@ class LatentEncoder:
         samples share the prompt or not (a prompt shared in this call still runs once); where
         prompts cannot be shared, each sample runs alone in full. Every matrix product then
         has shapes that only this sample decides, so batch-mates cannot change a bit of it.
+
+        Short samples (prompt + response + 1 <= bucket_tokens / 2) go in fixed-shape buckets
+        instead (`_encode_buckets`): one forward per tiny sequence is mostly overhead.
         """
+        width = self._bucket_width
+        buckets: dict[int, list[int]] = {}
         by_prompt: dict[tuple[int, ...], list[int]] = {}
         alone = []
         for i, (p, r) in enumerate(zip(prompts, responses)):
-            if self.share_prompts and p and r:
+            w = width(len(p) + len(r))
+            if w:
+                buckets.setdefault(w, []).append(i)
+            elif self.share_prompts and p and r:
                 by_prompt.setdefault(tuple(p), []).append(i)
             else:
                 alone.append(i)
@@ -481,6 +506,60 @@ class LatentEncoder:
                 hs = self._response_pass(kv, prompt_mask, owner, [responses[i]])  # [L, 1, R, d]
                 zero = torch.zeros_like(hs[:, 0, :1])
                 per_sample[i] = torch.cat([last, hs[:, 0], zero], dim=1)
+        for w, members in buckets.items():
+            self._encode_buckets(w, members, prompts, responses, per_sample, check)
+
+    @property
+    def bucket_tokens(self) -> int:
+        """Tokens (rows x width) of every bucketed forward of the batch-invariant path: at
+        least 256, and 32 per torch thread on a CPU (as the flow's fixed chunks)."""
+        if self.device.type == "cpu":
+            return max(BUCKET_TOKENS, 32 * torch.get_num_threads())
+        return BUCKET_TOKENS
+
+    def _bucket_width(self, length: int) -> int:
+        """The bucket (padded width) of a sample of `length` prompt + response tokens, or 0
+        for none (an empty sample, or one too long for two rows of a bucketed forward)."""
+        if length == 0:
+            return 0
+        # at least one padding column: every row of every bucketed forward has padding, so
+        # the attention always runs with its mask (never the maskless causal path)
+        w = -(-(length + 1) // BUCKET_STEP) * BUCKET_STEP
+        return w if 2 * w <= self.bucket_tokens else 0
+
+    def _encode_buckets(
+        self,
+        width: int,
+        members: list[int],
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        per_sample: list[torch.Tensor | None],
+        check: Callable[[], None],
+    ) -> None:
+        """Batch-invariant path for short samples: each forward has exactly
+        bucket_tokens // width rows of `width` tokens, prompt + response right-padded (causal
+        attention: a real token never sees the padding), rows left over filled with a
+        one-token dummy. Shapes depend on the sample's own length alone, and a row's numbers
+        on its own tokens (the premise of the flow's fixed row chunks too), so batch-mates
+        cannot change a bit of it, while short samples share a forward."""
+        rows = self.bucket_tokens // width
+        for start in range(0, len(members), rows):
+            check()
+            chunk = members[start : start + rows]
+            ids = torch.full((rows, width), self._pad, dtype=torch.long)
+            mask = torch.zeros((rows, width), dtype=torch.long)
+            mask[:, 0] = 1  # the dummy rows: one token, so no row is all padding
+            for row, i in enumerate(chunk):
+                seq = prompts[i] + responses[i]
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            hs = self._forward(ids.to(self.device), mask.to(self.device), use_cache=False)
+            zero = torch.zeros_like(hs[:, 0, :1])  # [L, 1, d]
+            for row, i in enumerate(chunk):
+                p, r = len(prompts[i]), len(responses[i])
+                span = hs[:, row, max(p - 1, 0) : p + r]
+                pieces = [zero, span, zero] if p == 0 else [span, zero]
+                per_sample[i] = torch.cat(pieces, dim=1)
 
     def _pack(
         self, per_sample: list[torch.Tensor | None], responses: list[list[int]]
@@ -562,6 +641,40 @@ class LatentEncoder:
                 for row, (i, k) in enumerate(rows):
                     span = hs[:, row, : len(responses[i])]  # [L, R, d]
                     per_sample[i] = torch.cat([last[:, k, None], span, zero], dim=1)
+
+    def _encode_prefixed(
+        self,
+        prefix: int,
+        prompts: list[list[int]],
+        responses: list[list[int]],
+        per_sample: list[torch.Tensor | None],
+    ) -> None:
+        """Shared-prefix path: the first `prefix` prompt tokens (the same in every sample)
+        run once; each sample's rest of the prompt and its response continue from that cache
+        (the same continuation as the shared-prompt path, checked by _prompt_sharing_works).
+        `prefix` is below every prompt's length, so each continuation holds at least the
+        prompt's last token, whose latent is the first response token's "prev"."""
+        kv, prompt_mask, _ = self._prompt_pass([prompts[0][:prefix]])
+        rests = [p[prefix:] + r for p, r in zip(prompts, responses)]
+        # every row holds the prefix's keys and values in each block up to the deepest hooked
+        # one: a quarter of the usual token budget (prefix included) bounds that memory
+        budget = max(1, self.max_batch_tokens // 4)
+        order = sorted(range(len(rests)), key=lambda i: (-len(rests[i]), i))
+        batches: list[list[int]] = []
+        for i in order:
+            width = prefix + len(rests[batches[-1][0]]) if batches else 0
+            if batches and width * (len(batches[-1]) + 1) <= budget:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for batch in batches:
+            owner = torch.zeros(len(batch), dtype=torch.long, device=self.device)
+            hs = self._response_pass(kv, prompt_mask, owner, [rests[i] for i in batch])
+            zero = torch.zeros_like(hs[:, 0, :1])  # [L, 1, d]
+            for row, i in enumerate(batch):
+                p = len(prompts[i]) - prefix  # >= 1
+                span = hs[:, row, p - 1 : p + len(responses[i])]  # last prompt token + response
+                per_sample[i] = torch.cat([span, zero], dim=1)
 
     def _prompt_pass(
         self, prompts: list[list[int]]
@@ -650,6 +763,27 @@ class LatentEncoder:
 
 def _no_check() -> None:
     pass
+
+
+# the batch-invariant path's fixed-shape buckets for short samples (LatentEncoder._encode_fixed):
+# widths in steps of BUCKET_STEP tokens, BUCKET_TOKENS tokens (rows x width) per forward
+BUCKET_STEP = 8
+BUCKET_TOKENS = 256
+
+
+MIN_SHARED_PREFIX = 32  # shorter common prefixes are not worth a pass of their own
+
+
+def shared_prefix_length(prompts: Sequence[Sequence[int]]) -> int:
+    """The number of leading tokens every prompt shares, below the shortest prompt's length
+    (each prompt keeps at least its last token); 0 for no prompts or an empty one."""
+    if not prompts or not all(prompts):
+        return 0
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
 
 
 def _model_name(path: Path) -> str:

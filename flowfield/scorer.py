@@ -133,6 +133,7 @@ class FlowScorer:
         noise_draws: int = defaults.NOISE_DRAWS,
         check: Callable[[], None] | None = None,
         batch_invariant: bool | None = None,
+        share_prefix: bool = False,
     ) -> list[torch.Tensor]:
         """Raw per-token deviations for each sample (input order).
 
@@ -145,7 +146,10 @@ class FlowScorer:
         The same as `latents`, then `deviation_sums` over all (timestep, draw) pairs, then
         `finish_deviations`; in batch-invariant mode bit-identical to doing the sums in parts.
         """
-        lat = self.latents(prompts, responses, check=check, batch_invariant=batch_invariant)
+        lat = self.latents(
+            prompts, responses, check=check, batch_invariant=batch_invariant,
+            share_prefix=share_prefix,
+        )
         sums = self.deviation_sums(
             lat, timesteps, noise_draws, check=check, batch_invariant=batch_invariant
         )
@@ -158,13 +162,20 @@ class FlowScorer:
         responses: Sequence[Sequence[int]],
         check: Callable[[], None] | None = None,
         batch_invariant: bool | None = None,
+        share_prefix: bool = False,
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each sample's response latents and context latents as the flow models them
-        (standardised): (h, ctx), each [L, R, d], on the encoder's device."""
+        (standardised): (h, ctx), each [L, R, d], on the encoder's device. share_prefix
+        (without batch invariance: the fit's report): see LatentEncoder.encode."""
         invariant = self.batch_invariant if batch_invariant is None else batch_invariant
         # remember: the learner may get these samples next (encoder.memo, when it has one)
         batch = self.encoder.encode(
-            prompts, responses, fixed_shapes=invariant, check=check, remember=True
+            prompts,
+            responses,
+            fixed_shapes=invariant,
+            check=check,
+            remember=True,
+            share_prefix=share_prefix and not invariant,
         )
         # the flow models standardised latents when it was fitted with statistics
         h, ctx = self.flow.prepare(batch.h, batch.context(self.meta.config.context))

@@ -4,8 +4,12 @@ layers every request passes, outermost first:
 - RequestContext: the request id (X-Request-ID, taken from the request or generated; on every
   response, in every JSON error body and in every log line written meanwhile), metrics, and
   one JSON access-log line per request. It wraps the whole middleware stack, so it sees the
-  413/408 of BodyLimit and the 500 of the framework's error handler too.
-- BodyLimit: body size (413) and body read time (408).
+  413/408 of BodyLimit and the 500 of the framework's error handler too. It also refuses
+  headers over FLOWFIELD_MAX_HEADER_BYTES / FLOWFIELD_MAX_HEADER_COUNT (431); the HTTP
+  server's own limits are in service/http.py.
+- BodyLimit: body size (413), body read time (408), bytes of bodies in flight over all
+  requests (503 busy), and the request's cancellation when its client disconnects (499 in
+  the access log).
 - the content-type guard (415) of the routes that take a POST body.
 """
 
@@ -26,6 +30,7 @@ from service import metrics
 from service.auth import UPDATE_ENDPOINTS, open_update_warning
 from service.errors import error_response, install_error_handlers
 from service.logs import REQUEST_ID
+from service.offload import OffloadRoute
 from service.routers import flow, graph, health, openrlhf, score, ui, update
 from service.routers.docs import install_docs
 from service.settings import Settings, get_settings
@@ -36,6 +41,8 @@ access_log = logging.getLogger("flowfield.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
+# scope key BodyLimit sets when the client disconnected before its answer (logged as 499)
+CLIENT_GONE = "flowfield.client_gone"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -54,8 +61,24 @@ class RequestContext:
 
     The access-log line names the path without its query string (which can hold `api_key`)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, max_header_count: int = 0, max_header_bytes: int = 0) -> None:
         self.app = app
+        self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
+
+    def _header_problem(self, scope: Scope) -> str | None:
+        """Why the request's headers are refused (431), or None. The HTTP server already
+        refuses a header block that arrives in pieces over max_header_bytes (service/http.py);
+        this catches one that came in a single read, and the header count."""
+        headers = scope.get("headers") or []
+        if self.max_header_count and len(headers) > self.max_header_count:
+            return f"{len(headers)} header fields; the limit is {self.max_header_count}"
+        if self.max_header_bytes:
+            size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+            size += sum(len(k) + len(v) + 4 for k, v in headers)
+            if size > self.max_header_bytes:
+                return f"request headers of {size} bytes; the limit is {self.max_header_bytes}"
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -80,7 +103,13 @@ class RequestContext:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            problem = self._header_problem(scope)
+            if problem:
+                await error_response(
+                    431, "headers_too_large", problem, "headers", headers={"Connection": "close"}
+                )(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         except Exception:
             # The framework's error handler (service/errors.py) has logged a failure before the
             # response started and answered 500; anything else is logged here, and nothing is
@@ -94,6 +123,8 @@ class RequestContext:
                 log.exception("error after the response started")
         finally:
             elapsed = time.perf_counter() - start
+            if status is None and scope.get(CLIENT_GONE):
+                status = 499  # nginx's "client closed request": nothing was answered
             if status is not None:
                 _record(scope["path"], status, elapsed)
             client = scope.get("client")
@@ -118,8 +149,13 @@ class FlowfieldAPI(FastAPI):
     """FastAPI with RequestContext outside its whole middleware stack, the framework's error
     middleware included (app.add_middleware stays inside that one)."""
 
+    max_header_count = 0
+    max_header_bytes = 0
+
     def build_middleware_stack(self) -> ASGIApp:
-        return RequestContext(super().build_middleware_stack())
+        return RequestContext(
+            super().build_middleware_stack(), self.max_header_count, self.max_header_bytes
+        )
 
 
 class BodyLimit:
@@ -129,64 +165,165 @@ class BodyLimit:
 
     Checked on Content-Length up front and on the bytes actually received (chunked uploads),
     before any route code or JSON parsing runs.
+
+    `inflight`: the bytes of bodies still arriving, over all requests, may not pass this
+    budget (0 = none): a body whose Content-Length (or, chunked, whose bytes so far) would
+    pass it gets 503 `busy` with Retry-After, and the connection is closed. So slow or
+    stalled uploads cannot hold more memory than the budget until their 408s.
+
+    Once the body is in, the request runs as a task that is cancelled when the client
+    disconnects (uvicorn's `http.disconnect`): its queued scoring is dropped (the scheduler
+    sees the cancellation, service/scheduler.py) and nothing is answered. The access log
+    records such a request with status 499.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, timeout: float = 10.0) -> None:
+    def __init__(
+        self, app: ASGIApp, limit: int, timeout: float = 10.0, inflight: int = 0
+    ) -> None:
         self.app = app
         self.limit = limit
         self.timeout = timeout
+        self.inflight_limit = inflight
+        self.inflight = 0  # bytes reserved by bodies still arriving
+
+    def _busy(self) -> ASGIApp:
+        log.warning(
+            "request body refused: the in-flight upload budget is spent",
+            extra={"inflight_bytes": self.inflight, "budget_bytes": self.inflight_limit},
+        )
+        return error_response(
+            503,
+            "busy",
+            f"the service is receiving {self.inflight_limit} bytes of request bodies already "
+            "(FLOWFIELD_MAX_INFLIGHT_BODY_BYTES); retry shortly",
+            "body",
+            headers={"Retry-After": "1", "Connection": "close"},
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
             return
-        too_big = error_response(
-            413, "body_too_large", f"request body over the {self.limit}-byte limit", "body"
-        )
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            await too_big(scope, receive, send)
+        declared = int(length) if length is not None and length.isdigit() else None
+        if declared is not None and declared > self.limit:
+            await error_response(
+                413, "body_too_large", f"request body over the {self.limit}-byte limit", "body"
+            )(scope, receive, send)
             return
+        budget = self.inflight_limit
+        reserved = 0  # this request's share of self.inflight
+        if budget and declared:
+            if self.inflight + declared > budget:
+                await self._busy()(scope, receive, send)
+                return
+            reserved = declared
+            self.inflight += reserved
+        try:
+            body = await self._read(scope, receive, send, budget, declared)
+        finally:
+            self.inflight -= reserved
+        if body is None:  # answered (413, 408, 503) or the client left
+            return
+        await self._run(scope, receive, send, body)
+
+    async def _read(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        budget: int,
+        declared: int | None,
+    ) -> bytes | None:
         chunks, size, more = [], 0, True
         deadline = asyncio.get_running_loop().time() + self.timeout
-        while more:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    message = await receive()
-            except TimeoutError:
-                log.warning(
-                    "request body not received in time",
-                    extra={"received_bytes": size, "timeout_s": self.timeout},
-                )
-                await error_response(
-                    408,
-                    "body_timeout",
-                    f"request body not received within {self.timeout:g} s",
-                    "body",
-                    headers={"Connection": "close"},
-                )(scope, receive, send)
-                return
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await too_big(scope, receive, send)
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
+        counted = 0  # chunked uploads: bytes of this request added to self.inflight
+        try:
+            while more:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await receive()
+                except TimeoutError:
+                    log.warning(
+                        "request body not received in time",
+                        extra={"received_bytes": size, "timeout_s": self.timeout},
+                    )
+                    await error_response(
+                        408,
+                        "body_timeout",
+                        f"request body not received within {self.timeout:g} s",
+                        "body",
+                        headers={"Connection": "close"},
+                    )(scope, receive, send)
+                    return None
+                if message["type"] == "http.disconnect":
+                    return None
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > self.limit:
+                    await error_response(
+                        413, "body_too_large", f"request body over the {self.limit}-byte limit",
+                        "body",
+                    )(scope, receive, send)
+                    return None
+                if budget and declared is None and chunk:  # no Content-Length: count as it comes
+                    if self.inflight + len(chunk) > budget:
+                        await self._busy()(scope, receive, send)
+                        return None
+                    self.inflight += len(chunk)
+                    counted += len(chunk)
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        finally:
+            self.inflight -= counted
+        return b"".join(chunks)
+
+    async def _run(self, scope: Scope, receive: Receive, send: Send, body: bytes) -> None:
+        """The app with the body, as a task cancelled when the client disconnects."""
         sent = False
+        gone = asyncio.Event()
 
         async def replay() -> dict:
             nonlocal sent
             if not sent:
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+            await gone.wait()  # only the watcher below reads the server's receive
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        async def watch() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.set()
+                    return
+
+        answered = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True  # uvicorn's receive says "disconnect" from now on
+            await send(message)
+
+        task = asyncio.ensure_future(self.app(scope, replay, send_tracked))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not task.done() and not (answered and watcher.done()):
+                # the client left before its answer (or this request is being torn down)
+                task.cancel()
+                if watcher.done():
+                    scope[CLIENT_GONE] = True
+                    log.info("client disconnected: request cancelled")
+            watcher.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            if not scope.get(CLIENT_GONE):
+                raise
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -215,6 +352,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.max_header_count = settings.max_header_count
+    app.max_header_bytes = settings.max_header_bytes
+    app.router.route_class = OffloadRoute  # the /score and /update aliases below
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -262,7 +402,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         dependencies=update.router.dependencies,
     )
     app.add_middleware(
-        BodyLimit, limit=settings.max_body_bytes, timeout=settings.body_read_timeout_s
+        BodyLimit,
+        limit=settings.max_body_bytes,
+        timeout=settings.body_read_timeout_s,
+        inflight=settings.max_inflight_body_bytes,
     )
     return app
 
@@ -291,7 +434,7 @@ DOCUMENTED_PATHS = frozenset(
 )
 # the endpoint labels of the request metrics: the documented paths, the undocumented aliases
 # /score and /update, and the docs pages
-_KNOWN = DOCUMENTED_PATHS | {"/score", "/update", "/docs", "/redoc", "/openapi.json"}
+_KNOWN = DOCUMENTED_PATHS | {"/score", "/update", "/docs", "/openapi.json"}
 
 
 def _record(path: str, status: int, seconds: float) -> None:

@@ -14,6 +14,7 @@ import uvicorn
 
 from flowfield.bench.cli import bench_app  # stdlib + typer only; torch loads when it runs
 from flowfield.cli import app
+from flowfield.cli_options import fail
 
 
 def _exit_drained(signum: int, frame: object) -> None:
@@ -68,6 +69,11 @@ def serve(
         help="float32, bfloat16 or auto (bf16 where it measures faster); default: bfloat16 on "
         "cuda, float32 on cpu",
     ),
+    encoder_name: str = typer.Option(
+        None,
+        help="the encoder's name in responses (FLOWFIELD_MODEL_NAME; default: \"name\" in "
+        "the model directory's flowfield.json, else the folder name)",
+    ),
 ) -> None:
     """Start the reward service (uvicorn). SIGTERM drains in-flight requests, then exits.
 
@@ -75,7 +81,9 @@ def serve(
     after SIGTERM is answered 503 shutting_down; the process exits soon after.
     """
     from service.app import create_app
+    from service.http import server_options
     from service.logs import setup_logging
+    from service.preflight import startup_problem
     from service.settings import Settings
 
     overrides = {
@@ -88,12 +96,19 @@ def serve(
             "redis_url": redis_url,
             "log_level": log_level,
             "dtype": dtype,
+            "model_name": encoder_name,
         }.items()
         if v is not None
     }
     if no_learner:
         overrides["learner"] = False
     settings = Settings(**overrides)
+    problem = startup_problem(
+        Path(settings.model_path), Path(settings.flow_path), settings.layer_fractions,
+        flow_given=flow is not None or "FLOWFIELD_FLOW_PATH" in os.environ,
+    )
+    if problem:
+        raise fail(problem)
     setup_logging(settings.log_level)
     config = uvicorn.Config(
         create_app(settings),
@@ -104,6 +119,8 @@ def serve(
         # the service writes its own JSON access line per request (service/app.py's
         # RequestContext: request id, no query string); uvicorn's would be a second one
         access_log=False,
+        # h11 with header size and time limits, connection and keep-alive limits
+        **server_options(settings),
     )
     drain_s = max(0.0, settings.shutdown_timeout_s - settings.drain_margin_s)
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -30,6 +30,11 @@ BATCH_TOKENS = Histogram(
     buckets=(64, 256, 1024, 4096, 16384, 65536, 262144),
 )
 SCORE_QUEUE_DEPTH = Gauge("flowfield_score_queue_samples", "samples waiting to be scored")
+CANCELLED_UNITS = Counter(
+    "flowfield_score_cancelled_units_total",
+    "scoring work units dropped because their request was cancelled (the client disconnected): "
+    "queued units, and a running batch abandoned when all its requests were gone",
+)
 TOKENS_SCORED = Counter("flowfield_tokens_scored_total", "response tokens scored")
 SAMPLES_SCORED = Counter("flowfield_samples_scored_total", "samples scored", ["status"])
 TOKEN_REWARD = Histogram(

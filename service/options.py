@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from flowfield.rewards import RewardOptions
 from flowfield.scorer import FlowScorer, OptionError, ScoreOptions
+from service.budget import CostModel
 from service.errors import ApiError
 from service.schemas import ScoreOptionsIn
 from service.settings import Settings
@@ -55,9 +56,13 @@ def check_cost(
     settings: Settings,
     overrides: ScoreOptionsIn | None = None,
     samples_field: str = "samples",
+    cost_model: CostModel | None = None,
+    scored: Sequence[int] | None = None,
 ) -> None:
     """422 `request_too_costly` when tokens x hooked layers x timesteps x noise draws exceeds
-    max_request_cost.
+    max_request_cost, or when the model time of the samples to be scored (`scored`, indices;
+    None = all), estimated by `cost_model` (calibrated at start-up, service/budget.py),
+    exceeds max_request_seconds.
 
     Every (timestep, draw, layer) multiplies the flow rows (and their noise) of each token;
     prompt tokens are counted too (the encoder reads them), which keeps the measure simple
@@ -68,8 +73,6 @@ def check_cost(
     tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
     timesteps, draws = len(options.timesteps), options.noise_draws
     cost = tokens * layers * timesteps * draws
-    if cost <= settings.max_request_cost:
-        return
     o = overrides or ScoreOptionsIn()
     if o.noise_draws is not None and draws > 1:
         field = "options.noise_draws"
@@ -77,11 +80,32 @@ def check_cost(
         field = "options.timesteps"
     else:
         field = samples_field
-    raise ApiError(
-        422,
-        "request_too_costly",
-        f"request cost {cost} ({tokens} tokens x {layers} hooked layers x {timesteps} "
-        f"timesteps x {draws} noise draws) exceeds max_request_cost "
-        f"{settings.max_request_cost}; send fewer noise_draws or timesteps, or fewer samples",
-        field,
-    )
+    if cost > settings.max_request_cost:
+        raise ApiError(
+            422,
+            "request_too_costly",
+            f"request cost {cost} ({tokens} tokens x {layers} hooked layers x {timesteps} "
+            f"timesteps x {draws} noise draws) exceeds max_request_cost "
+            f"{settings.max_request_cost}; send fewer noise_draws or timesteps, or fewer "
+            "samples",
+            field,
+        )
+    if cost_model is None or settings.max_request_seconds <= 0:
+        return
+    if scored is not None:  # samples that fail alone (too long, ...) take no model time
+        prompts = [prompts[i] for i in scored]
+        responses = [responses[i] for i in scored]
+        tokens = sum(len(p) + len(r) for p, r in zip(prompts, responses))
+    response_tokens = sum(len(r) for r in responses)
+    seconds = cost_model.seconds(tokens, response_tokens, layers, timesteps * draws)
+    if seconds > settings.max_request_seconds:
+        raise ApiError(
+            422,
+            "request_too_costly",
+            f"request would take about {seconds:.0f} s of model time on this service "
+            f"({tokens} tokens, {response_tokens} response tokens x {layers} hooked layers x "
+            f"{timesteps} timesteps x {draws} noise draws), over max_request_seconds "
+            f"{settings.max_request_seconds:g}; send fewer noise_draws or timesteps, or "
+            "fewer samples",
+            field,
+        )

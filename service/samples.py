@@ -10,8 +10,10 @@ other samples are still scored (docs/api.md).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from flowfield.chat import encoder_chat_format
 from flowfield.encoder import LatentEncoder
 from flowfield.samples import SampleLimits, check_sample
 from service.errors import ApiError
@@ -112,3 +114,53 @@ def sample_problem(
         SampleLimits.of(encoder),
         needs_tokenizer=sample is not None and needs_tokenizer(sample),
     )
+
+
+@dataclass
+class SampleNotes:
+    """What /v1/score did to a sample before scoring it, and tells its result."""
+
+    stripped: int = 0  # trailing end-of-turn tokens not scored (their reward is 0)
+    warnings: list[str] = field(default_factory=list)
+
+
+def resolve_samples(
+    samples: Sequence[HasTokens], encoder: LatentEncoder, settings: Settings
+) -> tuple[list[list[int]], list[list[int]], list[SampleNotes]]:
+    """resolve_ids, then the chat checks of flowfield.chat, per sample: a response's
+    trailing end-of-turn/EOS token is cut off (scored without it, as the flow was fitted) and
+    a chat model's prompt without the template's assistant header is warned about."""
+    prompts, responses = resolve_ids(samples, encoder, settings)
+    fmt = encoder_chat_format(encoder)
+    notes = []
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        note = SampleNotes()
+        kept, cut = fmt.strip_end(r)
+        if cut:
+            responses[i], note.stripped = kept, len(cut)
+            note.warnings.append(fmt.end_warning([t for t in cut if t in fmt.end_ids]))
+        if fmt.lacks_header(p):
+            note.warnings.append(fmt.header_warning())
+        notes.append(note)
+    return prompts, responses, notes
+
+
+def with_notes(result: Any, note: SampleNotes) -> Any:
+    """A ScoreResult with its sample's notes: the warnings, and the stripped tokens back at
+    the end of every per-token list (reward 0, deviation 0, advantage = the outcome term), so
+    the lists stay aligned to the response_ids that were sent."""
+    if note.warnings:
+        result.warnings = list(note.warnings)
+    if not note.stripped:
+        return result
+    result.num_tokens += note.stripped
+    if result.status != "ok":
+        return result
+    pad = [0.0] * note.stripped
+    result.token_rewards = [*result.token_rewards, *pad]
+    if result.deviations is not None:
+        result.deviations = [*result.deviations, *pad]
+    if result.advantages is not None:
+        outcome = result.advantages[-1] - result.token_rewards[-note.stripped - 1]
+        result.advantages = [*result.advantages, *([outcome] * note.stripped)]
+    return result

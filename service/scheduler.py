@@ -21,6 +21,11 @@ batch-invariant mode the result is bit-identical to scoring the sample unsplit a
 Rewards, normalisation and advantages are shaped once per job, after its last unit. A full
 queue raises Overloaded (answered 429 + Retry-After) instead of growing memory.
 
+Cancellation (see `cancel`): a request cancelled while its job waits (its client
+disconnected, service/app.py's BodyLimit) drops the job's queued units at once, and a running
+batch whose jobs are all cancelled is abandoned at its next forward or flow chunk; a batch that
+also serves live requests finishes, and the cancelled job's later units never run.
+
 Shutdown (see `drain`): on SIGTERM the scheduler stops taking jobs and keeps scoring the
 queued ones until a deadline set inside uvicorn's graceful-shutdown timeout; at the
 deadline every job still queued or running (any of its units not done) is answered 503
@@ -351,6 +356,8 @@ class ScoreScheduler:
         self._deadline: float | None = None  # loop time at which remaining work gets 503
         self._running: list[ScoreJob] = []  # the jobs of the batch on the model thread
         self._interrupt = threading.Event()  # abandon the running batch (read by the thread)
+        # every job of the running batch was cancelled (their clients left): abandon it
+        self._abandon = threading.Event()
 
     @property
     def executor(self) -> ThreadPoolExecutor:
@@ -399,9 +406,12 @@ class ScoreScheduler:
             log.warning("drain deadline passed: %d samples answered 503 shutting_down", failed)
 
     def _check(self) -> None:
-        """Model thread: give up the running batch once the drain deadline has passed."""
+        """Model thread: give up the running batch once the drain deadline has passed, or
+        when every request in it was cancelled."""
         if self._interrupt.is_set():
             raise ScoringInterrupted("drain deadline passed")
+        if self._abandon.is_set():
+            raise ScoringInterrupted("every request of the batch was cancelled")
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Drain (see `drain`; an earlier deadline from SIGTERM stays), then stop the batcher
@@ -434,7 +444,28 @@ class ScoreScheduler:
         self._queued_samples += n
         metrics.SCORE_QUEUE_DEPTH.set(self._queued_samples)
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:  # the request was cancelled: its client left
+            self.cancel(job)
+            raise
+
+    def cancel(self, job: ScoreJob) -> None:
+        """Drop a job whose request is gone: its queued work units now, and the batch it is
+        running in at the next forward or flow chunk when every job in that batch is gone
+        (a batch shared with live requests finishes; this job's later units never run)."""
+        if job.future is not None and not job.future.done():
+            job.future.cancel()
+        dropped = len(job.units)
+        running = any(j is job for j in self._running)
+        self._jobs = collections.deque(j for j in self._jobs if j is not job)
+        self._drop(job, running)
+        if running and all(j.future.done() for j in self._running):
+            self._abandon.set()
+            dropped += 1
+        if dropped:
+            metrics.CANCELLED_UNITS.inc(dropped)
+            log.info("request cancelled: %d work units dropped", dropped)
 
     def _finish_empty(self, job: ScoreJob) -> JobResult:
         scorer = self.runtime.scorer
@@ -443,10 +474,12 @@ class ScoreScheduler:
             raise res
         return res
 
-    def _drop(self, job: ScoreJob) -> None:
-        """The job is answered (or failed): forget its units not yet taken."""
+    def _drop(self, job: ScoreJob, running: bool = False) -> None:
+        """The job is answered (or failed): forget its units not yet taken. `running`: a unit
+        of it is on the model thread, which reads its latents: they go after the batch."""
         job.units.clear()
-        job.latents.clear()
+        if not running:
+            job.latents.clear()
         self._queued_samples -= job.queued_samples
         job.queued_samples = 0
         metrics.SCORE_QUEUE_DEPTH.set(self._queued_samples)
@@ -527,11 +560,18 @@ class ScoreScheduler:
             metrics.BATCH_SAMPLES.observe(sum(len(u.samples) for u in batch))
             metrics.BATCH_TOKENS.observe(sum(u.tokens for u in batch))
             self._running = [u.job for u in batch]
+            self._abandon.clear()
             try:
                 results = await loop.run_in_executor(
                     self._executor, run_units, scorer, batch, self._check, self.batch_invariant
                 )
-            except ScoringInterrupted:  # the drain deadline: its jobs were answered 503
+            except ScoringInterrupted:
+                # the drain deadline (its jobs were answered 503), or every job of the batch
+                # was cancelled (dropped by `cancel`)
+                for u in batch:
+                    if u.job.future.done():
+                        self._drop(u.job)
+                self._jobs = collections.deque(j for j in self._jobs if j.units)
                 continue
             except Exception as e:  # a model failure fails these requests, not the service
                 log.exception("scoring batch failed")

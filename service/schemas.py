@@ -56,6 +56,10 @@ def number(**constraints: Any) -> Any:
 Number = number()
 NonNegative = number(ge=0)
 Discount = number(ge=0, lt=1)
+# a rewarding timestep: (0, 1) shows in the OpenAPI schema (exclusiveMinimum/Maximum), while
+# the check stays the library's one rule (flowfield.scorer.check_timesteps), answered 422
+# invalid_option naming the timestep, as documented
+Timestep = number(json_schema_extra={"exclusiveMinimum": 0, "exclusiveMaximum": 1})
 
 # r = -beta * s with |s| <= 1: a token reward is at most beta, and a flow return or an
 # advantage adds up to one per token. 1e300 keeps those sums finite for any request the body
@@ -121,7 +125,7 @@ class ScoreOptionsIn(BaseModel):
         description="K: keep at most K non-zero tokens, 0 = all (default FLOWFIELD_TOP_K, "
         f"{defaults.TOP_K} as shipped)",
     )
-    timesteps: list[Number] | None = Field(
+    timesteps: list[Timestep] | None = Field(
         None,
         min_length=1,
         max_length=16,
@@ -167,6 +171,9 @@ class ScoreResult(BaseModel):
     deviations: list[float] | None = None
     advantages: list[float] | None = None
     error: str | None = None
+    # what the service did to the sample or doubts about it (service/samples.py: a trailing
+    # end-of-turn token not scored, a chat model's prompt without its template's header)
+    warnings: list[str] | None = None
 
 
 class ScoreResponse(BaseModel):
@@ -210,7 +217,9 @@ class FlowInfo(BaseModel):
     metadata: dict[str, Any]
     samples_trained: int
     last_update: float | None
-    pending: int
+    # null while the update queue (Redis) is unreachable; pending_error says why
+    pending: int | None
+    pending_error: str | None = None
     queue_backend: str
     # Redis policy sync: the policy epoch this process encodes with (null without Redis),
     # and why it could not load the recorded current policy (null when in sync)

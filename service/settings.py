@@ -119,6 +119,51 @@ class Settings(BaseSettings):
         description="tokens x hooked layers x timesteps x noise draws per /score request "
         "(422 above)",
     )
+    max_request_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="model time a /score request may take, estimated from encoder and flow "
+        "unit costs measured once at start-up on this hardware (logged as `calibration`); "
+        "over it: 422 request_too_costly (0 = no time budget, max_request_cost only)",
+    )
+    max_graph_steps: int = Field(
+        131072,
+        ge=1,
+        description="states (steps + final states) over all trajectories of a "
+        "/v1/score/graph request, the graph's size and cost (422 request_too_costly above); "
+        "a request at the limit takes ~3-4 s and ~260 MB on one core",
+    )
+    header_read_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a connection must send a request's line and headers within this many "
+        "seconds of opening (or of its previous response); otherwise it is closed",
+    )
+    max_header_bytes: int = Field(
+        16384,
+        ge=1024,
+        description="request line + headers larger than this get 431 and the connection "
+        "closed (h11's max incomplete event size)",
+    )
+    max_header_count: int = Field(
+        100, ge=1, description="requests with more header fields get 431"
+    )
+    max_connections: int = Field(
+        1024,
+        ge=1,
+        description="open connections (and requests in flight) the server takes; a request "
+        "beyond it gets 503 (uvicorn's limit_concurrency)",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="an idle keep-alive connection is closed after this many seconds"
+    )
+    max_inflight_body_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="request-body bytes being received at once, over all connections; a body "
+        "that would go over it gets 503 busy with Retry-After and the connection closed "
+        "(0 = no limit)",
+    )
 
     # scheduler
     batch_max_tokens: int = Field(32768, description="tokens per scoring batch")
@@ -134,8 +179,10 @@ class Settings(BaseSettings):
     batch_invariant: bool | None = Field(
         None,
         description="a sample's scores are bit-identical whatever it is batched with; unset: "
-        "on for cpu (free there, see BENCHMARKS.md), off for cuda (unmeasured; the encoder "
-        "batches, and scores then agree within ~1e-6 relative)",
+        "on for cpu (short samples share fixed-shape bucketed forwards, long ones run alone: "
+        "~0.9x the batched throughput on the demo's short sequences, 1.07x on 256-token "
+        "responses, BENCHMARKS.md 'Batch invariance over HTTP'), off for cuda (unmeasured; the "
+        "encoder batches, and scores then agree within ~1e-6 relative)",
     )
     shutdown_timeout_s: float = Field(
         30.0,

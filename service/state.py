@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
-import os
-import socket
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from flowfield.encoder import TOKENIZER_FILES, LatentEncoder
 from flowfield.objective import NoiseBank
 from flowfield.scorer import FlowScorer
 from service import metrics
+from service.budget import CostModel, calibrate
 from service.scheduler import ModelRuntime, ScoreScheduler
 from service.settings import Settings
 from service.updates.flowstore import FlowStore
@@ -58,6 +58,8 @@ class ServiceState:
         self.policy_sync: PolicySync | None = None
         self.policy_epoch = 0
         self.policy_error: str | None = None
+        # the scoring time budget's unit costs, measured at start-up (service/budget.py)
+        self.cost_model: CostModel | None = None
 
     # ---- start-up / shutdown ---------------------------------------------------------------
 
@@ -85,6 +87,11 @@ class ServiceState:
             ),
             unit_max_cost=s.unit_max_cost,
         )
+        if s.max_request_seconds > 0:
+            self.cost_model = await asyncio.get_running_loop().run_in_executor(
+                self.scheduler.executor, calibrate, self.runtime.scorer,
+                self.scheduler.batch_invariant,
+            )
         self.scheduler.start()
         self._tasks.append(asyncio.create_task(self._watch_versions(), name="flow-watch"))
         if self.policy_sync is not None:
@@ -97,6 +104,7 @@ class ServiceState:
                                    executor=self.scheduler.executor,
                                    policy_epoch=self.policy_epoch)
             self._tasks.append(asyncio.create_task(self.learner.run(self._stop), name="learner"))
+        freeze_heap()
         self.ready = True
         log.info(
             "flowfield ready",
@@ -122,6 +130,7 @@ class ServiceState:
                 "dtype_reason": encoder.precision.reason,
                 "threads": torch.get_num_threads(),
                 "bind": f"{s.host}:{s.port}",
+                "calibration": self.cost_model.as_dict() if self.cost_model else None,
             },
         )
         if s.normalization == "expert" and meta.calibration is None:
@@ -141,6 +150,15 @@ class ServiceState:
             log.warning(
                 "bound to a non-loopback address without API keys: anyone who can "
                 "reach %s:%d can score and update",
+                s.host,
+                s.port,
+            )
+        elif s.host not in ("127.0.0.1", "localhost", "::1") and not s.score_api_key:
+            # only the update key: the score scope (score, graph, flow, get_reward, ui) is open
+            log.warning(
+                "bound to a non-loopback address with only FLOWFIELD_UPDATE_API_KEY set: "
+                "anyone who can reach %s:%d can score (set FLOWFIELD_SCORE_API_KEY to "
+                "protect the score endpoints)",
                 s.host,
                 s.port,
             )
@@ -253,7 +271,8 @@ class ServiceState:
                 "layers": ",".join(map(str, ident.layers)),
                 "flow_version": str(sc.version),
                 "policy_epoch": str(self.policy_epoch),
-                "process": socket.gethostname() + f":{os.getpid()}",
+                # no host name or pid: /metrics is open (scrapers send no key), and Prometheus
+                # labels every series with the scraped instance anyway
             }
         )
 
@@ -306,6 +325,10 @@ class ServiceState:
         if self.learner is not None:
             self.learner.use_encoder(encoder, self.policy_epoch)
         self._set_info_metrics()
+        # the old encoder was frozen with the heap: let the collector free it, then freeze the
+        # new one (one full collection, ~0.5 s, once per policy reload)
+        gc.unfreeze()
+        freeze_heap()
 
     async def reload_policy(self, path: Path, revision: str | None, name: str | None) -> None:
         """Load a new policy checkpoint as the encoder; the flow must still fit it.
@@ -414,6 +437,16 @@ def _tokenizer_error(path: Path) -> str:
 
 def get_state(request: Request) -> ServiceState:
     return request.app.state.flowfield
+
+
+def freeze_heap() -> None:
+    """Collect, then move every object alive now (imports, the model, the flow) out of the
+    cyclic garbage collector's view (gc.freeze). A full collection walks the whole heap
+    holding the GIL, ~0.5 s with a model loaded: triggered by a request that allocates much
+    (a large graph), it would stall the event loop from any thread. After the freeze it walks
+    only what requests allocated since."""
+    gc.collect()
+    gc.freeze()
 
 
 def get_settings_dep(request: Request) -> Settings:

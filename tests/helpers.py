@@ -92,3 +92,43 @@ def check_experiment_outputs(out: Path, results: dict, markdown_table, arms) -> 
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     return table
+
+
+CHATML = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nBe brief.<|im_end|>\n' }}{% endif %}"
+    "{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def chat_tokenizer():
+    """A character-level tokenizer with ChatML special tokens and template (SmolLM2's shape:
+    "<|im_end|>" is the EOS and the end of a turn), 100 tokens."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_end|>", "<unk>", "<|im_start|>"]
+    chars = [c for c in string.printable if c not in "\t\r\x0b\x0c"]
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    core.decoder = decoders.Fuse()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>", unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>"],
+    )
+    tok.chat_template = CHATML
+    return tok
+
+
+def save_tiny_chat_model(path: Path, layers: int = 4, hidden: int = 32, seed: int = 0) -> Path:
+    """A tiny Llama whose tokenizer has a ChatML chat template (chat_tokenizer)."""
+    tok = chat_tokenizer()
+    torch.manual_seed(seed)
+    config = tiny_config("llama", layers, hidden, vocab_size=len(tok), eos_token_id=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(path))
+    tok.save_pretrained(str(path))
+    return path

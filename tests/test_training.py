@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from helpers import random_samples
 
@@ -106,6 +107,7 @@ def _fit_cli(model: Path, data: Path, out: Path, *options: str) -> subprocess.Co
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_fit_prints_a_summary(tmp_path, llama_dir):
     data = tmp_path / "expert.jsonl"
     with open(data, "w") as f:

@@ -4,6 +4,7 @@
                                    the default: `flowfield bench --rounds 6` is `... score ...`
     flowfield bench update ...     the online update path of a live demo server (update.py)
     flowfield bench graph ...      RewardFlow graph propagation, ours vs. naive sweeps (graph.py)
+    flowfield bench invariance ... FLOWFIELD_BATCH_INVARIANT on vs. off over HTTP (invariance.py)
 
 Each command's options are the fields of its config dataclass, plus where the output goes.
 Standard library and typer only at import: torch loads when a command runs."""
@@ -17,7 +18,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
-from flowfield.bench import graph, update
+from flowfield.bench import graph, invariance, update
 from flowfield.bench.driver import run_bench
 from flowfield.bench.report import (
     command_line,
@@ -131,6 +132,29 @@ graph_command = config_command(
 )
 
 
+def run_invariance(cfg: invariance.InvarianceBenchConfig, out: Outputs) -> None:
+    res = invariance.run_invariance_bench(cfg, out.workdir, log=lambda m: typer.echo(m, err=True))
+    lines = invariance.report_lines(res, _command("invariance", ("--json", "--workdir")))
+    typer.echo("\n".join(lines))
+    if out.json:
+        out.json.write_text(json.dumps(res, indent=2) + "\n")
+    if out.markdown:
+        section = f"{invariance.SECTION}\n\n" + "\n".join(lines) + "\n"
+        replace_section(out.markdown, section, invariance.SECTION)
+        typer.echo(f"updated {out.markdown}", err=True)
+
+
+invariance_command = config_command(
+    invariance.InvarianceBenchConfig,
+    run_invariance,
+    {
+        "json": "write all numbers as JSON here",
+        "markdown": f"replace its '{invariance.SECTION}' section",
+        "workdir": "keep the servers' logs (and the long workload's policy) here",
+    },
+)
+
+
 class ScoreByDefault(TyperGroup):
     """`flowfield bench` with no command name (nothing, or options first) runs `score`, so
     `flowfield bench` and `flowfield bench --rounds 6` work as before the group had other
@@ -148,11 +172,12 @@ bench_app = typer.Typer(
     no_args_is_help=False,
     pretty_exceptions_enable=False,
     help="Benchmarks: /score throughput (score, the default), the online update path "
-    "(update), graph propagation (graph).",
+    "(update), graph propagation (graph), batch invariance on vs. off (invariance).",
 )
 bench_app.command("score")(bench_command)
 bench_app.command("update")(update_command)
 bench_app.command("graph")(graph_command)
+bench_app.command("invariance")(invariance_command)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Flow scores come from FlowScorer, the same library call the service answers /sco
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from flowfield import defaults
+from flowfield.chat import ChatChecks, chat_record
 from flowfield.encoder import LatentEncoder
 from flowfield.evaluation.logits import token_logit_stats
 from flowfield.evaluation.metrics import (
@@ -115,19 +117,38 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
 
         {"prompt": "...", "response": "...", "reward": 1.0}
         {"prompt_ids": [...], "response_ids": [...], "reward": 0.0, "first_error": 7}
+        {"messages": [{"role": "user", ...}, {"role": "assistant", ...}], "reward": 1.0}
 
     reward (the verifier's) is required; ids win over text; first_error (a response token
     index) and id are optional. Text is tokenised as the service does (prompt and response
-    separately, no special tokens).
+    separately, no special tokens). A chat record's last (assistant) message is the
+    response and the messages before it go through the chat template with
+    add_generation_prompt=True. A trailing end-of-turn/EOS token is stripped from responses
+    and prompts of a chat model without the assistant header are counted; both are logged as
+    warnings (flowfield.chat), as `flowfield fit` does.
     """
     out: list[EvalRollout] = []
     limits = SampleLimits.of(encoder)
+    chat = ChatChecks(encoder)
     for n, row in jsonl_objects(path):
         if not isinstance(row.get("reward"), int | float) or isinstance(row["reward"], bool):
             raise ValueError(f"{path}:{n}: needs a numeric verifier reward")
+        if "messages" in row and "response_ids" not in row and "response" not in row:
+            try:
+                row = {
+                    **row,
+                    **dict(
+                        zip(
+                            ("prompt", "response"),
+                            chat_record(row["messages"], getattr(encoder, "tokenizer", None)),
+                        )
+                    ),
+                }
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
         prompt, response = str(row.get("prompt") or ""), str(row.get("response") or "")
         if "response_ids" not in row and "response" not in row:
-            raise ValueError(f"{path}:{n}: needs response_ids or response")
+            raise ValueError(f"{path}:{n}: needs response_ids, response or messages")
         # text is tokenised only where ids are missing (a policy may have no tokenizer)
         p_text = prompt if "prompt_ids" not in row else ""
         r_text = response if "response_ids" not in row else ""
@@ -139,6 +160,9 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
         problem = check_sample(p, r, limits, needs_tokenizer=text)
         if problem:
             raise ValueError(f"{path}:{n}: {problem}")
+        kept = chat.sample(p, r)
+        if len(kept) < len(r):
+            r, response = kept, ""  # the text is rebuilt from the kept tokens
         prompt = prompt or "".join(token_strings(encoder, p))
         response = response or "".join(token_strings(encoder, r))
         fe = row.get("first_error")
@@ -149,6 +173,8 @@ def load_rollouts(path: str | Path, encoder: LatentEncoder) -> list[EvalRollout]
         )
     if not out:
         raise ValueError(f"{path}: no rollouts")
+    for warning in chat.warnings(str(path)):
+        logging.getLogger("flowfield.eval").warning("%s", warning)
     return out
 
 

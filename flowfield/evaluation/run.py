@@ -63,6 +63,7 @@ class EvalConfig:
     # elsewhere). The rollouts and the logit baselines do not depend on it: the policy that
     # samples them keeps the device's default dtype, so two dtypes score the same rollouts.
     dtype: str | None = None
+    encoder_name: str | None = None  # None: flowfield.json "name" in the model dir, else folder
 
 
 @dataclass
@@ -126,16 +127,23 @@ def run_evaluation(cfg: EvalConfig, progress: bool = True) -> EvalRun:
     t0 = time.time()
     meta = read_metadata(cfg.flow)
     encoder = LatentEncoder(
-        cfg.model, layer_fractions=meta.config.layer_fractions, device=cfg.device, dtype=cfg.dtype
+        cfg.model,
+        layer_fractions=meta.config.layer_fractions,
+        device=cfg.device,
+        dtype=cfg.dtype,
+        name=cfg.encoder_name,
     )
     net, meta = load_flow(cfg.flow, encoder.identity, encoder.layer_fractions)
     scorer = FlowScorer(encoder, net, meta)
     lm = None
     if cfg.logits or cfg.data is None:
         lm_dtype = torch.bfloat16 if encoder.device.type == "cuda" else torch.float32
-        with MODEL_LOAD_LOCK:
-            lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=lm_dtype)
-        lm = lm.to(encoder.device).eval()
+        if encoder.dtype == lm_dtype:  # the encoder's model is the whole LM: no second copy
+            lm = encoder.model
+        else:
+            with MODEL_LOAD_LOCK:
+                lm = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=lm_dtype)
+            lm = lm.to(encoder.device).eval()
     # resolved once, as the service does: an unset normalisation is the default (expert where
     # the flow is calibrated at these timesteps, else bilateral)
     options = scorer.resolve(ScoreOptions(cfg.reward, tuple(cfg.timesteps), cfg.noise_draws))

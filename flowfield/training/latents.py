@@ -1,8 +1,10 @@
-"""Expert latents held in memory for a fit: the frozen encoder runs once, not once per epoch.
+"""Expert latents cached for a fit: the frozen encoder runs once, not once per epoch.
 
 The offline fit reads the same expert samples epoch after epoch through a frozen encoder, so
-their latents never change. When they fit in a memory budget they are encoded once and
-batches are gathered from here; otherwise the fit encodes every batch as it goes.
+their latents never change. They are encoded once and batches are gathered from here: in
+memory when they fit the fit's memory budget (`FitConfig.cache_gb`), else in a float32 file
+on disk, memory-mapped (the page cache keeps what fits; `storage` names the file). Latents
+are always cached as float32, whatever the encoder's dtype.
 
 Layout: h [L, N, d] packs every sample's response-token latents; first_prev [L, S, d] holds
 the latent just before each sample's first response token (the prompt's last token, zero
@@ -14,6 +16,7 @@ LatentEncoder.encode builds them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -29,26 +32,49 @@ def cache_bytes(samples: Sequence[Sample], encoder: LatentEncoder) -> int:
 
 
 class LatentCache:
+    """storage: None keeps the latents in memory; a file path memory-maps them there (the
+    file is created, sized and filled here; the caller removes it when done)."""
+
     def __init__(
         self,
         encoder: LatentEncoder,
         samples: Sequence[Sample],
         chunk: int = 256,
         progress: bool = True,
+        storage: str | Path | None = None,
+        desc: str = "encode expert data",
     ) -> None:
         self.counts = torch.tensor([len(s.response_ids) for s in samples], dtype=torch.long)
         self.starts = torch.cumsum(self.counts, 0) - self.counts  # [S]
-        hs, firsts = [], []
-        bar = progress_bar(len(samples), "encode expert data", "sample", progress)
+        L, n, d = len(encoder.layers), int(self.counts.sum()), encoder.hidden_size
+        self.storage = None if storage is None else Path(storage)
+        if self.storage is None:
+            self.h = torch.empty((L, n, d), dtype=torch.float32)  # [L, N, d]
+        else:
+            self.storage.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.storage, "wb") as f:
+                f.truncate(L * n * d * 4)
+            flat = torch.from_file(
+                str(self.storage), shared=True, size=L * n * d, dtype=torch.float32
+            )
+            self.h = flat.view(L, n, d)
+        firsts = []
+        bar = progress_bar(len(samples), desc, "sample", progress)
         for start in range(0, len(samples), chunk):
             part = samples[start : start + chunk]
-            enc = encoder.encode([s.prompt_ids for s in part], [s.response_ids for s in part])
-            hs.append(enc.h.float().clone())
-            firsts.append(enc.prev[:, enc.offsets[:-1]].float().clone())
+            enc = encoder.encode(
+                [s.prompt_ids for s in part], [s.response_ids for s in part], share_prefix=True
+            )
+            a = int(self.starts[start]) if start < len(samples) else n
+            self.h[:, a : a + enc.h.shape[1]] = enc.h.float().cpu()
+            firsts.append(enc.prev[:, enc.offsets[:-1]].float().cpu().clone())
             bar.update(len(part))
         bar.close()
-        self.h = torch.cat(hs, dim=1)  # [L, N, d]
         self.first_prev = torch.cat(firsts, dim=1)  # [L, S, d]
+
+    @property
+    def nbytes(self) -> int:
+        return self.h.numel() * 4
 
     def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """h, prev, next [L, n, d] for the response tokens of these samples, in order."""
@@ -80,5 +106,13 @@ class LatentCache:
 
     def layer_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per hooked layer and dimension mean and std of the cached latents: [L, d] each."""
-        h = self.h.double()
-        return h.mean(dim=1).float(), h.std(dim=1).clamp_min(1e-6).float()
+        n = self.h.shape[1]
+        s1 = torch.zeros(self.h.shape[0], self.h.shape[2], dtype=torch.float64)
+        s2 = torch.zeros_like(s1)
+        for a in range(0, n, 65536):  # in chunks: the cache may be a file larger than memory
+            h = self.h[:, a : a + 65536].double()
+            s1 += h.sum(dim=1)
+            s2 += (h * h).sum(dim=1)
+        mean = s1 / max(1, n)
+        var = (s2 / max(1, n) - mean * mean).clamp_min(0) * n / max(1, n - 1)
+        return mean.float(), var.sqrt().clamp_min(1e-6).float()

@@ -36,9 +36,13 @@ from research.cli import run_command
 from research.demo_build.check import clean_vs_corrupted
 from research.demo_build.data import write_expert_jsonl
 
-# the demo flow's recipe: `flowfield fit`'s defaults with more, smaller steps, and the
-# previous token's latent as the context
-DEMO_FIT = FitConfig(batch_tokens=672, min_steps=4000, seed=0, context="prev")
+# the demo flow's recipe: `flowfield fit`'s defaults of when it was fitted with more, smaller
+# steps, and the previous token's latent as the context: 4,120 steps (17.2 epochs), no early
+# stopping, no epoch cap (`flowfield fit ... --batch-tokens 672 --min-steps 4000
+# --no-early-stop --max-epochs 0 --context prev`); its width is min(d, 256) = d = 128
+DEMO_FIT = FitConfig(
+    batch_tokens=672, min_steps=4000, seed=0, context="prev", early_stop=False, max_epochs=None
+)
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,14 @@ sync the policy to the service every K steps. The arms differ only in
   is), so that the only difference to the flow arm is the signal;
 - `update`: whether verifier-accepted rollouts are pushed to /v1/update (online refinement).
 
+Two controls (issue 24) go through the same token-reward shape (beta, threshold, top-k,
+reward-to-go): `oracle` (positive control) places the penalty at the known first wrong token
+of every incorrect rollout (`flowfield.demo.task.first_error`), which no flow can beat at
+localising errors; `shuffled` (negative control) takes the flow's own token rewards and
+permutes them within each rollout (seeded), keeping their sizes and dropping their positions.
+If the oracle cannot beat RLVR, no flow can on this toy; if `rlfr` does no better than
+`shuffled`, the flow's localisation is not what helps.
+
 Every arm scores its rollouts through the service, whatever its signal: the flow return of
 the training rollouts is a reward-hacking diagnostic for all arms (a control arm shows how
 the flow return moves when nothing optimises it), and the compute per step stays comparable.
@@ -21,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-SIGNALS = ("none", "flow", "entropy", "nll")
+SIGNALS = ("none", "flow", "entropy", "nll", "oracle", "oracle-local", "shuffled")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,19 @@ ARMS: dict[str, Arm] = {
             "as rlfr, flow rewards normalised against expert statistics (sign kept)",
             normalization="expert",
         ),
+        Arm(
+            "rlfr-unilateral",
+            "flow",
+            True,
+            "as rlfr, per-sequence min-max to [0, 1], penalty only (the authors' scripts)",
+            normalization="unilateral",
+        ),
+        Arm("oracle", "oracle", False,
+            "positive control: outcome + penalty at the known first wrong token"),
+        Arm("oracle-local", "oracle-local", False,
+            "as oracle, the penalty on the wrong token alone (no reward-to-go)"),
+        Arm("shuffled", "shuffled", True,
+            "negative control: as rlfr, flow token rewards permuted within each rollout"),
         Arm("entropy", "entropy", False, "outcome + policy-entropy token shaping (trainer logits)"),
         Arm("nll", "nll", False, "outcome + token-NLL (likelihood) shaping (trainer logits)"),
     )

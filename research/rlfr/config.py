@@ -39,6 +39,9 @@ class ExperimentConfig(Settings):
     beta: float = defaults.BETA
     threshold: float = defaults.THRESHOLD
     top_k: int = defaults.TOP_K
+    # the ablation: token shaping only in groups whose rollouts share one outcome (all right
+    # or all wrong), where RLVR has no gradient; mixed groups get the outcome advantage alone
+    shape_uniform_only: bool = False
     # service side
     sync_every: int = 5  # push the policy to the service every K steps (0 = never)
     update: str = "auto"  # refinement: auto (as the arm defines), on, off
@@ -50,6 +53,11 @@ class ExperimentConfig(Settings):
     eval_size: int = 400  # held-out problems per evaluation (greedy and T=1)
     seen_size: int = 128  # already-trained prompts re-evaluated for the train/held-out gap
     target: float = 0.75  # T=1 pass@1 whose first crossing is "steps to target"
+    # pass@k at T=1 (k samples per held-out problem) at the start and the end only; 0 = off
+    pass_k: int = 0
+    # the gradient pre-check (probe.py) on the first N batches of the first seed, before the
+    # runs, for the run's own arms and beta; 0 = off
+    probe_batches: int = 6
     # files and machine
     policy: Path = DEMO_POLICY
     flow: Path = DEMO_FLOW
@@ -65,8 +73,9 @@ class ExperimentConfig(Settings):
                           "service_threads"),
             finite=("lr", "beta", "threshold", "temperature", "learner_lr", "target"),
         )
-        if self.sync_every < 0 or self.seen_size < 0 or self.top_k < 0:
-            raise ValueError("sync_every, seen_size and top_k must be >= 0")
+        if min(self.sync_every, self.seen_size, self.top_k, self.pass_k,
+               self.probe_batches) < 0:
+            raise ValueError("sync_every, seen_size, top_k, pass_k and probe_batches must be >= 0")
         if self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.update not in ("auto", "on", "off"):
@@ -103,6 +112,7 @@ SMOKE = replace(
     eval_every=1,
     eval_size=16,
     seen_size=4,
+    probe_batches=1,
     smoke=True,
 )
 

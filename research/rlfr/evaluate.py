@@ -44,6 +44,11 @@ def prompt_schedule(seed: int, steps: int, per_step: int) -> list[list[Problem]]
     return [[pool[i] for i in order[s * per_step : (s + 1) * per_step]] for s in range(steps)]
 
 
+def rollout_seed(seed: int, step: int) -> int:
+    """The sampling seed of a training step's rollouts (the trainer's and the probe's)."""
+    return seed * 1_000_003 + step
+
+
 def heldout(split: str, n: int) -> list[Problem]:
     return eval_problems(n, split)
 
@@ -70,3 +75,19 @@ def accuracy(
     return Accuracy(
         sum(r.reward for r in rollouts) / n, sum(len(r.response_ids) for r in rollouts) / n
     )
+
+
+def pass_at_k(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    problems: list[Problem],
+    k: int,
+    temperature: float = 1.0,
+    seed: int = EVAL_SEED,
+) -> float:
+    """Share of problems with at least one correct answer among k samples at T=1."""
+    rollouts = sample_rollouts(model, tokenizer, [p for p in problems for _ in range(k)],
+                               temperature=temperature, seed=seed + 1)
+    solved = [any(r.reward >= 1.0 for r in rollouts[i * k : (i + 1) * k])
+              for i in range(len(problems))]
+    return sum(solved) / max(1, len(problems))

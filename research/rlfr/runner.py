@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from flowfield.rewards import RewardOptions
-from research.harness.common import add_run, new_results, package_versions
+from research.harness.common import add_run, new_results, package_versions, write_json
 from research.rlfr.arms import ARMS, parse_arms, with_update
 from research.rlfr.config import ExperimentConfig
 from research.rlfr.report import summarize
@@ -69,7 +69,7 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run every arm x seed of `cfg`; returns (and writes to `json_path`) the results."""
     arms = [with_update(a, cfg.update) for a in parse_arms(",".join(cfg.arms))]
-    if any(a.signal in ("entropy", "nll") for a in arms):
+    if any(a.signal in ("entropy", "nll", "oracle", "oracle-local") for a in arms):
         # the logit arms shape with flowfield.rewards here; fail before any run starts
         RewardOptions(cfg.normalization, cfg.beta, cfg.threshold, cfg.top_k)
     out_dir = Path(out_dir)
@@ -82,6 +82,16 @@ def run_experiment(
         arms={a.name: {**a.to_dict(), "defined_update": ARMS[a.name].update} for a in arms},
     )
     t0 = time.monotonic()
+    if cfg.probe_batches:
+        # the gradient pre-check for this run's arms and beta, on the first seed's first
+        # batches, before any run: recorded, and printed by the report
+        from research.rlfr.probe import run_probe
+
+        probe_cfg = cfg.with_overrides(policy=policy, flow=flow)
+        results["probe"] = run_probe(probe_cfg, arms, betas=(cfg.beta,),
+                                     batches=cfg.probe_batches, seed=cfg.seeds[0])
+        if json_path is not None:
+            write_json(results, json_path)
     total = len(arms) * len(cfg.seeds)
     done = 0
     for seed in cfg.seeds:

@@ -43,7 +43,9 @@ from research.rlfr.evaluate import (
     GREEDY_TEMPERATURE,
     accuracy,
     heldout,
+    pass_at_k,
     prompt_schedule,
+    rollout_seed,
 )
 from research.rlfr.policy_gradient import (
     PolicyForward,
@@ -54,9 +56,8 @@ from research.rlfr.policy_gradient import (
 from research.rlfr.shaping import (
     Shaped,
     logit_calibration,
-    shape_outcome,
-    shape_service,
-    shape_signal,
+    shape_arm,
+    shuffle_seed,
 )
 
 log = logging.getLogger("research.experiments")
@@ -132,16 +133,13 @@ class ArmSeedRun:
             "threshold": cfg.threshold,
             "top_k": cfg.top_k,
         }
-        self.logit_options = (
-            RewardOptions(
-                arm.normalization or cfg.normalization, cfg.beta, cfg.threshold, cfg.top_k
-            )
-            if arm.signal in ("entropy", "nll")
-            else None
+        # the trainer-side shaping options (logit arms, oracle: its own normalisation)
+        self.logit_options = RewardOptions(
+            arm.normalization or cfg.normalization, cfg.beta, cfg.threshold, cfg.top_k
         )
         self.calibration = (
             logit_calibration(self.model, self.tok, arm.signal)
-            if self.logit_options is not None and self.logit_options.normalization == "expert"
+            if arm.signal in ("entropy", "nll") and self.logit_options.normalization == "expert"
             else None
         )
         self.timings = Timings(
@@ -196,6 +194,10 @@ class ArmSeedRun:
             "signal": self.arm.signal,
             "update": self.arm.update,
             "seed": self.seed,
+            "beta": self.cfg.beta,
+            "normalization": self.score_options["normalization"],
+            "shape_uniform_only": self.cfg.shape_uniform_only,
+            "pass1_curve": [[e["step"], e["pass1"]] for e in self.evals],
             "train": self.train,
             "eval": self.evals,
             "service": {
@@ -222,7 +224,7 @@ class ArmSeedRun:
         with self.timings.timed("sample"):
             rollouts: list[Rollout] = sample_rollouts(
                 self.model, self.tok, batch, temperature=cfg.temperature,
-                seed=self.seed * 1_000_003 + step,
+                seed=rollout_seed(self.seed, step),
             )
         rewards = [r.reward for r in rollouts]
         group_ids = [f"{step}-{i // cfg.group_size}" for i in range(len(rollouts))]
@@ -242,7 +244,7 @@ class ArmSeedRun:
         with self.timings.timed("policy_step"):
             fwd = policy_forward(self.model, rollouts, self.tok.eos_token_id,
                                  self.tok.pad_token_id)
-            shaped = self._shape(fwd, scored, rollouts, rewards, group_ids)
+            shaped = self._shape(fwd, scored, rollouts, group_ids, step)
             loss = policy_gradient_loss(fwd.logp, shaped.advantages)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -301,17 +303,16 @@ class ArmSeedRun:
         return len(good), accepted
 
     def _shape(self, fwd: PolicyForward, scored: Any, rollouts: list[Rollout],
-               rewards: list[float], group_ids: list[str]) -> Shaped:
-        has_end = [ended(r) for r in rollouts]
-        lengths = [len(r.response_ids) for r in rollouts]
-        if self.arm.signal == "flow":
-            return shape_service([r.advantages for r in scored], [r.flow_return for r in scored],
-                                 lengths, rewards, group_ids, has_end)
-        if self.logit_options is not None:
-            signals = fwd.entropy if self.arm.signal == "entropy" else fwd.nll
-            return shape_signal(signals, rewards, group_ids, has_end, self.logit_options,
-                                self.calibration)
-        return shape_outcome(lengths, rewards, group_ids, has_end)
+               group_ids: list[str], step: int) -> Shaped:
+        flow = self.arm.signal == "flow"
+        return shape_arm(
+            self.arm.signal, self.logit_options, rollouts, group_ids, fwd=fwd,
+            flow_token_rewards=[r.token_rewards if r.ok else None for r in scored],
+            flow_advantages=[r.advantages for r in scored] if flow else None,
+            flow_returns=[r.flow_return for r in scored],
+            calibration=self.calibration, shuffle=shuffle_seed(self.seed, step),
+            uniform=self.cfg.shape_uniform_only,
+        )
 
     def _sync_policy(self, ff: Any, step: int) -> str:
         """save_pretrained, then POST /v1/policy; returns the service's new encoder label."""
@@ -333,6 +334,9 @@ class ArmSeedRun:
             pass1 = accuracy(self.model, self.tok, self.held, 1.0)
             seen = (accuracy(self.model, self.tok, self.seen, GREEDY_TEMPERATURE)
                     if self.seen else None)
+            k = self.cfg.pass_k
+            passk = (pass_at_k(self.model, self.tok, self.held, k)
+                     if k and step in (0, self.cfg.steps) else None)
             rec = {
                 "step": step,
                 "greedy": greedy.accuracy,
@@ -343,6 +347,7 @@ class ArmSeedRun:
                 # once step * prompts_per_step >= seen_size; the step-0 gap is the baseline
                 "seen_greedy": seen.accuracy if seen else None,
                 "gap": (seen.accuracy - greedy.accuracy) if seen else None,
+                "pass_k": passk,  # pass@k (k = settings' pass_k) at the start and end only
                 "seconds": round(time.monotonic() - t0, 3),
             }
         log.info("[%s] eval step %d/%d: greedy %.3f pass@1 %.3f (%s split, n=%d)", self.name,

@@ -1,7 +1,8 @@
-"""The interactive API docs (/docs: Swagger UI, /redoc: ReDoc), served with their JavaScript
-and CSS from this process instead of a CDN, so that they render on a machine with no internet
-access (FastAPI's "Self-hosting JavaScript and CSS for docs"). The assets are the ones the
-`fastapi-offline` package ships (Swagger UI 5, which reads the OpenAPI 3.1 spec FastAPI writes).
+"""The interactive API docs (/docs, Swagger UI), served with its JavaScript and CSS from this
+process instead of a CDN, so that it renders on a machine with no internet access (FastAPI's
+"Self-hosting JavaScript and CSS for docs"). The assets are the ones the `fastapi-offline`
+package ships (Swagger UI 5, which reads the OpenAPI 3.1 spec FastAPI writes). There is no
+/redoc: one docs page, and the spec itself at /openapi.json.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from importlib.resources import files
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import (
-    get_redoc_html,
     get_swagger_ui_html,
     get_swagger_ui_oauth2_redirect_html,
 )
@@ -23,20 +23,17 @@ OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 router = APIRouter(include_in_schema=False)
 
 
-def _assets(request: Request) -> str:
-    return f"{request.scope.get('root_path', '')}{ASSETS_URL}"
-
-
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
+    root = request.scope.get("root_path", "")  # behind a proxy that strips a path prefix
+    assets = f"{root}{ASSETS_URL}"
     return get_swagger_ui_html(
         openapi_url=f"{root}{request.app.openapi_url}",
         title=f"{request.app.title} - API docs",
         oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_URL}",
-        swagger_js_url=f"{_assets(request)}/swagger-ui-bundle.js",
-        swagger_css_url=f"{_assets(request)}/swagger-ui.css",
-        swagger_favicon_url=f"{_assets(request)}/favicon.png",
+        swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+        swagger_css_url=f"{assets}/swagger-ui.css",
+        swagger_favicon_url=f"{assets}/favicon.png",
     )
 
 
@@ -45,20 +42,8 @@ async def swagger_ui_redirect() -> HTMLResponse:
     return get_swagger_ui_oauth2_redirect_html()
 
 
-@router.get("/redoc")
-async def redoc(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
-    return get_redoc_html(
-        openapi_url=f"{root}{request.app.openapi_url}",
-        title=f"{request.app.title} - API reference",
-        redoc_js_url=f"{_assets(request)}/redoc.standalone.js",
-        redoc_favicon_url=f"{_assets(request)}/favicon.png",
-        with_google_fonts=False,
-    )
-
-
 def install_docs(app: FastAPI) -> None:
-    """Add the docs pages and their static assets to an app built with docs_url=None and
+    """Add the docs page and its static assets to an app built with docs_url=None and
     redoc_url=None."""
     static = files("fastapi_offline") / "static"
     app.mount(ASSETS_URL, StaticFiles(directory=str(static)), name="docs-assets")

@@ -10,11 +10,13 @@ from flowfield.checkpoint import FlowMismatchError, policy_revision
 from service import metrics
 from service.auth import require
 from service.errors import ApiError
+from service.offload import OffloadRoute
 from service.schemas import FlowInfo, PolicyRequest, PolicyResponse, error_responses
 from service.state import ServiceState, get_state
 from service.updates.policy import PolicySyncUnavailable
+from service.updates.queue import QueueUnavailable
 
-router = APIRouter(tags=["flow"])
+router = APIRouter(tags=["flow"], route_class=OffloadRoute)
 
 
 @router.get("/v1/flow", response_model=FlowInfo, dependencies=[Depends(require("score"))])
@@ -23,6 +25,11 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
     meta = sc.meta
     # the in-process learner's last publish (a stand-alone learner's is not known here)
     last_update = state.learner.stats.last_update if state.learner is not None else None
+    pending, pending_error = None, None
+    try:
+        pending = await _pending(state)
+    except QueueUnavailable as e:  # only `pending` needs Redis: the rest is this process's
+        pending_error = f"update queue unavailable: {e}"
     return FlowInfo(
         flow_version=sc.version,
         encoder=sc.encoder.identity.label(),
@@ -38,7 +45,8 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
         },
         samples_trained=meta.samples_trained,
         last_update=last_update or (meta.created_at or None),
-        pending=await _pending(state),
+        pending=pending,
+        pending_error=pending_error,
         queue_backend=state.queue_backend,
         policy_epoch=state.policy_epoch if state.policy_sync is not None else None,
         policy_error=state.policy_error,
@@ -46,7 +54,7 @@ async def flow_info(state: ServiceState = Depends(get_state)) -> FlowInfo:
 
 
 async def _pending(state: ServiceState) -> int:
-    n = await state.queue.pending()  # QueueUnavailable: 503 (service/errors.py)
+    n = await state.queue.pending()  # QueueUnavailable: pending null, pending_error says why
     metrics.PENDING_SAMPLES.set(n)
     return n
 

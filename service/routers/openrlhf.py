@@ -23,15 +23,22 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowfield.samples import SampleLimits, check_sample
+from flowfield.scorer import FlowScorer, ScoreOptions
 from service.auth import require
+from service.budget import CostModel
 from service.errors import ApiError
+from service.offload import OffloadRoute, run_cpu
 from service.options import check_cost, score_options
 from service.scheduler import ScoreJob
 from service.schemas import OpenRLHFResponse, Text, error_responses
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["openrlhf"], dependencies=[Depends(require("score", url_key=True))])
+router = APIRouter(
+    tags=["openrlhf"],
+    dependencies=[Depends(require("score", url_key=True))],
+    route_class=OffloadRoute,
+)
 
 
 class GetRewardRequest(BaseModel):
@@ -68,27 +75,7 @@ def strip_end(text: str, tokens: list[str]) -> str:
     return text
 
 
-@router.post(
-    "/get_reward",
-    response_model=OpenRLHFResponse,
-    responses=error_responses(401, 408, 413, 415, 422, 429),
-)
-async def get_reward(
-    req: GetRewardRequest,
-    strip_eos: bool = Query(
-        True, description="cut the tokenizer's EOS/pad token texts off the end of each response"
-    ),
-    state: ServiceState = Depends(get_state),
-    settings: Settings = Depends(get_settings_dep),
-) -> OpenRLHFResponse:
-    """One reward per query: the sum of its token rewards (the flow return).
-
-    The response is the query with its prompt prefix removed; without prompts (or when a
-    query does not start with its prompt) the whole query is scored as the response. A query
-    with an empty response gets 0.0; one the policy cannot score (flowfield.samples: a token
-    id outside the vocabulary, longer than the model's context) is a 422 `invalid_sample`
-    naming it, as OpenRLHF's shape has no per-sample error.
-    """
+def _check_lengths(req: GetRewardRequest, settings: Settings) -> None:
     n = len(req.query)
     if req.prompts and len(req.prompts) != n:
         raise ApiError(
@@ -102,9 +89,17 @@ async def get_reward(
         raise ApiError(
             422, "too_many_samples", f"{n} queries; the limit is {settings.max_samples}", "query"
         )
-    if n == 0:
-        return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
-    scorer = state.scorer
+
+
+def _prepare(
+    req: GetRewardRequest,
+    strip_eos: bool,
+    settings: Settings,
+    scorer: FlowScorer,
+    cost_model: CostModel | None,
+) -> tuple[ScoreOptions, list[list[int]], list[list[int]]]:
+    """Blocking (off the event loop): checks, options and tokenisation of every query."""
+    _check_lengths(req, settings)
     options = score_options(None, settings, scorer)  # the defaults, resolved as /v1/score does
     enc = scorer.encoder
     limits = SampleLimits.of(enc)
@@ -132,9 +127,41 @@ async def get_reward(
             raise ApiError(422, "invalid_sample", f"query[{i}]: {problem}", f"query[{i}]")
         prompts.append(pi)
         responses.append(ri)
-    ok = [i for i, r in enumerate(responses) if r]
     # counted as /v1/score counts the same samples: every query's prompt and response tokens
-    check_cost(prompts, responses, len(enc.layers), options, settings, samples_field="query")
+    check_cost(prompts, responses, len(enc.layers), options, settings, samples_field="query",
+               cost_model=cost_model)
+    return options, prompts, responses
+
+
+@router.post(
+    "/get_reward",
+    response_model=OpenRLHFResponse,
+    responses=error_responses(401, 408, 413, 415, 422, 429),
+)
+async def get_reward(
+    req: GetRewardRequest,
+    strip_eos: bool = Query(
+        True, description="cut the tokenizer's EOS/pad token texts off the end of each response"
+    ),
+    state: ServiceState = Depends(get_state),
+    settings: Settings = Depends(get_settings_dep),
+) -> OpenRLHFResponse:
+    """One reward per query: the sum of its token rewards (the flow return).
+
+    The response is the query with its prompt prefix removed; without prompts (or when a
+    query does not start with its prompt) the whole query is scored as the response. A query
+    with an empty response gets 0.0; one the policy cannot score (flowfield.samples: a token
+    id outside the vocabulary, longer than the model's context) is a 422 `invalid_sample`
+    naming it, as OpenRLHF's shape has no per-sample error.
+    """
+    n = len(req.query)
+    if n == 0:
+        _check_lengths(req, settings)
+        return OpenRLHFResponse(rewards=[], scores=[], extra_logs={})
+    options, prompts, responses = await run_cpu(
+        _prepare, req, strip_eos, settings, state.scorer, state.cost_model
+    )
+    ok = [i for i, r in enumerate(responses) if r]
     rewards = [0.0] * n
     mean_dev = [0.0] * n
     if ok:

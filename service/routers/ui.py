@@ -39,13 +39,16 @@ from flowfield.evaluation.evaluate import token_strings
 from flowfield.evaluation.html import TokenView, render_fragment, render_page
 from flowfield.evaluation.problems import eval_problems
 from service.auth import require
+from service.offload import OffloadRoute, run_cpu
 from service.routers.score import score_request
 from service.samples import resolve_ids
 from service.schemas import ScoreRequest, ScoreSample
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 
-router = APIRouter(tags=["ui"], dependencies=[Depends(require("score"))])
+router = APIRouter(
+    tags=["ui"], dependencies=[Depends(require("score"))], route_class=OffloadRoute
+)
 
 RECENT = 32  # rollouts kept for GET /ui
 
@@ -113,7 +116,7 @@ async def _score_views(
     req.options.return_deviations = True
     out = await score_request(req, state, settings)
     encoder = state.scorer.encoder
-    prompts, responses = resolve_ids(req.samples, encoder, settings)
+    prompts, responses = await run_cpu(resolve_ids, req.samples, encoder, settings)
     views = []
     for s, p, r, res in zip(req.samples, prompts, responses, out.results):
         # ids outside the vocabulary (the sample's error) come back as "<id>", never raise

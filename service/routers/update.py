@@ -6,16 +6,39 @@ import uuid
 
 from fastapi import APIRouter, Depends
 
+from flowfield.encoder import LatentEncoder
 from service import metrics
 from service.auth import require
 from service.errors import ApiError
+from service.offload import OffloadRoute, run_cpu
 from service.samples import check_request_limits, resolve_ids, sample_problem
 from service.schemas import UpdateRequest, UpdateResponse, error_responses
 from service.settings import Settings
 from service.state import ServiceState, get_settings_dep, get_state
 from service.updates.types import UpdateSample
 
-router = APIRouter(tags=["update"], dependencies=[Depends(require("update"))])
+router = APIRouter(
+    tags=["update"], dependencies=[Depends(require("update"))], route_class=OffloadRoute
+)
+
+
+def _accepted(
+    req: UpdateRequest, update_id: str, encoder: LatentEncoder, settings: Settings
+) -> list[UpdateSample]:
+    """Blocking: the samples to queue (ApiError on a request problem)."""
+    check_request_limits(req.samples, settings)
+    prompts, responses = resolve_ids(req.samples, encoder, settings)
+    accepted: list[UpdateSample] = []
+    for i, s in enumerate(req.samples):
+        if float(s.reward) < settings.accept_threshold:
+            continue
+        problem = sample_problem(prompts[i], responses[i], encoder, s)
+        if problem:
+            raise ApiError(422, "invalid_sample", problem, f"samples[{i}]", s.id)
+        accepted.append(
+            UpdateSample(f"{update_id}:{s.id}", prompts[i], responses[i], float(s.reward))
+        )
+    return accepted
 
 
 @router.post(
@@ -34,20 +57,9 @@ async def update(
     The whole request is validated before anything is queued, so a 4xx queues nothing.
     A repeated update_id queues nothing and answers duplicate=true.
     """
-    check_request_limits(req.samples, settings)
     update_id = req.update_id or uuid.uuid4().hex
-    encoder = state.scorer.encoder
-    prompts, responses = resolve_ids(req.samples, encoder, settings)
-    accepted: list[UpdateSample] = []
-    for i, s in enumerate(req.samples):
-        if float(s.reward) < settings.accept_threshold:
-            continue
-        problem = sample_problem(prompts[i], responses[i], encoder, s)
-        if problem:
-            raise ApiError(422, "invalid_sample", problem, f"samples[{i}]", s.id)
-        accepted.append(
-            UpdateSample(f"{update_id}:{s.id}", prompts[i], responses[i], float(s.reward))
-        )
+    # limits, tokenisation and sample checks off the event loop
+    accepted = await run_cpu(_accepted, req, update_id, state.scorer.encoder, settings)
     skipped = len(req.samples) - len(accepted)
     # Redis unreachable: QueueUnavailable, answered 503 (service/errors.py); nothing queued
     res = await state.queue.enqueue(update_id, accepted)

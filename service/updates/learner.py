@@ -53,6 +53,7 @@ import redis.asyncio as aioredis
 import torch
 from redis.exceptions import LockError, RedisError
 
+from flowfield.chat import encoder_chat_format
 from flowfield.checkpoint import FlowMismatchError, record_policy
 from flowfield.encoder import LatentEncoder
 from flowfield.flownet import FlowMetadata, FlowNet
@@ -475,6 +476,10 @@ class Learner:
             self._refiner = None
             raise
         self._held = []  # published: never train these again, even if the ack below fails
+        # logged before anything else is awaited: a process killed right after the commit
+        # still has its line (the pending count follows in a DEBUG line)
+        log.info("learner published flow_version=%d samples=%d loss=%.5f",
+                 meta.version, len(valid), loss)
         await self.queue.commit([e.entry_id for e in batch])  # Redis: already acked by publish
 
         LEARNER_LOSS.set(loss)
@@ -485,8 +490,7 @@ class Learner:
         self._update_stats(meta)
         self.stats.last_update = time.time()
         await self._set_pending()
-        log.info("learner published flow_version=%d samples=%d loss=%.5f pending=%d",
-                 meta.version, len(valid), loss, self.stats.pending)
+        log.debug("learner pending=%d after flow_version=%d", self.stats.pending, meta.version)
         if self.lock.held:  # just fenced by publish: old versions and orphans can go
             await asyncio.to_thread(self.store.cleanup, meta.version)
         return len(batch)
@@ -552,8 +556,7 @@ class Learner:
         memo = refiner.encoder.memo  # what /score encoded lately (in-process learner only)
         hits = memo.hits if memo is not None else 0
         with guard:
-            latents = refiner.latents([e.sample.prompt_ids for e in entries],
-                                      [e.sample.response_ids for e in entries])
+            latents = refiner.latents(*_ids(refiner, entries))
         if memo is not None:
             LATENTS_REUSED.inc(memo.hits - hits)
         return latents
@@ -563,9 +566,8 @@ class Learner:
                ) -> tuple[float, FlowNet, FlowMetadata, dict]:
         """Second blocking part (model thread): optimiser step and export of the new version
         (written to the store by the caller, off the model thread)."""
-        loss = refiner.step([e.sample.prompt_ids for e in entries],
-                            [e.sample.response_ids for e in entries],
-                            [e.sample.weight for e in entries], latents=latents)
+        loss = refiner.step(*_ids(refiner, entries), [e.sample.weight for e in entries],
+                            latents=latents)
         net, meta = refiner.export()
         record_policy(meta, refiner.encoder.identity)  # the encoder this step trained on
         return loss, net, meta, refiner.state_dict()
@@ -591,3 +593,11 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
     """Sleep, but wake at once when stop is set."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), seconds)
+
+
+def _ids(refiner: OnlineRefiner, entries: list[Entry]) -> tuple[list[list[int]], list[list[int]]]:
+    """The entries' prompts and responses as the flow trains on them: a response's trailing
+    end-of-turn/EOS token cut off (flowfield.chat), as /v1/score scores it."""
+    fmt = encoder_chat_format(refiner.encoder)
+    prompts = [list(e.sample.prompt_ids) for e in entries]
+    return prompts, [fmt.strip_end(e.sample.response_ids)[0] for e in entries]

@@ -12,9 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from flowfield.bench.report import SECTION as SCORE_SECTION
 from flowfield.bench.report import replace_section
 from flowfield.bench.update import SECTION
+
+# slow lane: the update bench end to end against a live server (about a minute)
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 

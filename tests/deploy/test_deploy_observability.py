@@ -42,6 +42,9 @@ from deploy_support import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+# slow lane: Prometheus scraping a live service
+pytestmark = pytest.mark.slow
+
 JOB = "flowfield"  # the job name of deploy/prometheus/prometheus.yml
 RATE_WINDOW = "1m"  # stands in for $__rate_interval: covers the whole test's traffic
 TARGET_LABELS = {"job", "instance"}

@@ -16,10 +16,14 @@ from deploy_support import Server, free_port
 
 from flowfield.demo.task import Problem, expert_solution
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("redis-server") is None,
-    reason="no redis-server binary: install Debian's package (apt-get install redis-server)",
-)
+# slow lane: a Redis server of its own stopped and restarted under a live scorer
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        shutil.which("redis-server") is None,
+        reason="no redis-server binary: install Debian's package (apt-get install redis-server)",
+    ),
+]
 
 
 class OwnRedis:

@@ -36,6 +36,7 @@ def demo_eval(tmp_path_factory):
     return res.output, json.loads((out / "report.json").read_text()), out
 
 
+@pytest.mark.slow
 def test_eval_prints_the_tables(demo_eval):
     text, _, _ = demo_eval
     for heading in (
@@ -58,6 +59,7 @@ def test_eval_prints_the_tables(demo_eval):
     assert "bilateral: per-sequence min-max to [-1, 1]" in text  # and says what each does
 
 
+@pytest.mark.slow  # the module's demo eval takes about a minute
 def test_eval_headline_return_uses_the_service_default(demo_eval):
     _, report, _ = demo_eval
     assert report["setup"]["normalization"] == {"name": "expert", "default": True}
@@ -68,6 +70,7 @@ def test_eval_headline_return_uses_the_service_default(demo_eval):
         assert ev["auroc"]["flow_return"] == ev["auroc"]["flow_return_expert"]
 
 
+@pytest.mark.slow  # the module's demo eval takes about a minute
 def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
     _, report, _ = demo_eval
     before, after = report["evaluations"]
@@ -103,6 +106,7 @@ def test_eval_json_has_every_figure_before_and_after_refinement(demo_eval):
     assert before["mean_deviation_correct"] != after["mean_deviation_correct"]
 
 
+@pytest.mark.slow  # the module's demo eval takes about a minute
 def test_eval_html_colours_tokens(demo_eval):
     _, _, out = demo_eval
     page = (out / "view.html").read_text()
@@ -113,6 +117,7 @@ def test_eval_html_colours_tokens(demo_eval):
     assert "verifier: correct" in page and "verifier: incorrect" in page
 
 
+@pytest.mark.slow
 def test_eval_on_a_jsonl_of_rollouts(tmp_path):
     from flowfield.demo.task import Problem, expert_solution
 

@@ -111,3 +111,12 @@ def test_outputs_written(smoke):
     assert v["policy_sha256"] and v["flow_sha256"] and v["torch"]
     assert not (out / "work").exists()  # per-run checkpoints and policies are cleaned up
     assert set(results["summary"]) == set(ARMS)
+    # every run records its arm, seed, beta and pass@1 curve; the gradient probe ran first
+    for run in results["runs"]:
+        assert run["beta"] == results["settings"]["beta"]
+        assert run["pass1_curve"] == [[e["step"], e["pass1"]] for e in run["eval"]]
+    probe = results["probe"]
+    assert [e["arm"] for e in probe["table"]] == list(ARMS) and probe["batches"] == 1
+    rlvr = next(e for e in probe["table"] if e["arm"] == "rlvr")
+    assert rlvr["cosine"] == pytest.approx(1.0)
+    assert "Gradient probe" in output and "Paired differences against rlvr" in output

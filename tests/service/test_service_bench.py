@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from flowfield.bench import SECTION, BenchConfig, markdown_section, replace_section, run_bench
+
+# slow lane: the scoring bench end to end
+pytestmark = pytest.mark.slow
 
 TINY = dict(
     groups=1,

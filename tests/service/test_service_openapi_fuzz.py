@@ -37,6 +37,9 @@ from schemathesis.errors import FailureGroup
 
 from service.schemas import ErrorResponse
 
+# slow lane: a schema fuzz of every endpoint
+pytestmark = pytest.mark.slow
+
 MAX_EXAMPLES = 15  # fuzzed cases per operation (the coverage phase adds its own)
 
 CONFIG = {

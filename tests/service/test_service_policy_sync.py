@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import asdict
 
+import pytest
 from helpers import save_tiny_model
 from live_server import REPO, Server
 from redis_support import REDIS_URL, needs_redis
@@ -23,7 +24,8 @@ from flowfield.flownet import FlowMetadata, FlowNet, flow_for_encoder
 FRACTIONS = (0.25, 0.5, 0.75)
 
 
-pytestmark = needs_redis
+# slow lane: policy reloads across scorers and a learner over Redis (about 40 s)
+pytestmark = [pytest.mark.slow, needs_redis]
 
 
 def sample(i: int, reward: float | None = None) -> dict:

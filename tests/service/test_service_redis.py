@@ -9,11 +9,13 @@ import sys
 import time
 
 import httpx
+import pytest
 from live_server import REPO, Server, free_port
 from redis_support import REDIS_URL
 from service_helpers import demo_sample
 
 
+@pytest.mark.slow
 def test_two_scorers_and_one_learner_agree_after_an_update(tmp_path, prefix):
     env = {
         "FLOWFIELD_REDIS_URL": REDIS_URL,

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import httpx
+import pytest
 from live_server import Server
 from service_helpers import demo_sample
 
@@ -36,6 +37,7 @@ def _long_request(k: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_sigterm_answers_503_json_at_the_drain_deadline_and_exits_in_time(tmp_path):
     srv = Server(
         tmp_path,

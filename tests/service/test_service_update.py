@@ -21,11 +21,16 @@ def learning_server(tmp_path_factory):
     srv.stop()
 
 
-def wait_for_version(client, at_least: int, timeout: float = 90.0) -> dict:
+def wait_for_version(client, at_least: int, timeout: float = 90.0, trained: int = 0) -> dict:
+    """GET /v1/flow until the served flow is at least version `at_least`, nothing is pending
+    and, given `trained`, the served flow has trained on that many samples. (pending reaches 0
+    when the learner commits its last batch, which can be a version before the scorer swaps
+    in the one with every sample: the learner may split the samples over two steps.)"""
     deadline = time.time() + timeout
     while time.time() < deadline:
         info = client.get("/v1/flow").json()
-        if info["flow_version"] >= at_least and info["pending"] == 0:
+        done = info["flow_version"] >= at_least and info["pending"] == 0
+        if done and info["samples_trained"] >= trained:
             return info
         time.sleep(0.3)
     raise TimeoutError(f"flow version did not reach {at_least}: {info}")
@@ -49,9 +54,9 @@ def test_update_accepts_skips_dedupes_and_the_flow_moves(learning_server):
         )
         again = c.post("/update", json={"update_id": "u-1", "samples": samples}).json()
         assert again["duplicate"] is True and again["accepted"] == 0
-        info = wait_for_version(c, 1)
         # the demo flow's expert data (4,000 solutions, 400 held out for its report) + these
-        assert info["samples_trained"] >= 3600 + 10
+        info = wait_for_version(c, 1, trained=3600 + 10)
+        assert info["samples_trained"] == 3600 + 10
         after = c.post("/v1/score", json=probe).json()
         assert after["flow_version"] == info["flow_version"] >= 1
         assert after["results"] != before["results"]

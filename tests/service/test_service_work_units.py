@@ -220,6 +220,7 @@ def test_drain_answers_503_to_a_job_whose_units_cannot_finish(demo):
 # ---- live: the real service ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_live_small_request_is_not_held_by_a_large_one(tmp_path):
     srv = Server(
         tmp_path,

@@ -21,7 +21,8 @@ from flowfield.checkpoint import read_metadata
 from service.updates.keys import RedisKeys
 from service.updates.queue import RedisStreamQueue
 
-pytestmark = needs_redis
+# slow lane: learners killed with SIGKILL mid-commit
+pytestmark = [pytest.mark.slow, needs_redis]
 
 N_SAMPLES = 60
 ROOT = Path(__file__).resolve().parents[3]  # the repository
