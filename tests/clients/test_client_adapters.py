@@ -22,6 +22,9 @@ from transformers import AutoTokenizer
 
 from flowfield.demo.task import Problem, expert_solution, parse_answer
 
+# slow lane: the TRL and OpenRLHF reward functions against live servers
+pytestmark = pytest.mark.slow
+
 
 def problem(i: int) -> Problem:
     return Problem(3000 + 17 * i, 4000 + 29 * i)

@@ -47,6 +47,9 @@ from verl.trainer.ppo import ray_trainer  # noqa: E402 - fit() calls ray_trainer
 from verl.trainer.ppo.utils import create_rl_dataset  # noqa: E402
 from verl.utils.dataset.rl_dataset import collate_fn  # noqa: E402
 
+# slow lane: verl's own reward loop and agent-loop workers against a live server
+pytestmark = pytest.mark.slow
+
 VERIFIER = str(REPO / "examples" / "trainers" / "verl_flowfield_reward.py")
 
 
