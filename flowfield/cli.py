@@ -29,7 +29,9 @@ def fit(
     data: Path = typer.Option(..., help="JSONL of expert samples: prompt/response text or ids"),
     out: Path = typer.Option(..., help="checkpoint directory to write"),
     epochs: float = typer.Option(
-        None, help="passes over the data (default: enough for --min-steps, at least 2)"
+        None,
+        help="passes over the data (default: enough for --min-steps, at least 2, at most "
+        "--max-epochs)",
     ),
     batch_tokens: int = typer.Option(
         None,
